@@ -1,0 +1,5 @@
+"""Stock Pyro models p(z) p(x | z); imported as ``pyro_vae.models``."""
+
+from pyro_vae.models.vae import VAE
+
+__all__ = ["VAE"]

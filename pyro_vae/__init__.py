@@ -1,0 +1,19 @@
+"""pyro_vae: variational autoencoders as Pyro programs.
+
+The core works with any model/guide pair that follows one convention: ``model(x, y=None,
+size=None)`` and ``guide(x, y=None, size=None)`` keep every per-datum sample site inside
+``pyro.plate("data", size, subsample=x)``, and the model observes the site ``"x"``.
+
+- :func:`fit` trains by SVI (:mod:`pyro_vae.training`);
+- :func:`elbo` and :func:`log_likelihood` score every datum (:mod:`pyro_vae.scoring`);
+- :func:`save_checkpoint` / :func:`load_checkpoint` store and restore (:mod:`pyro_vae.checkpoint`).
+
+Stock models and guides are in :mod:`pyro_vae.models` and :mod:`pyro_vae.guides`.
+"""
+
+from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.scoring import elbo, log_likelihood, log_weights
+from pyro_vae.training import History, fit
+
+__version__ = "0.1.0"
+__all__ = ["History", "elbo", "fit", "load_checkpoint", "log_likelihood", "log_weights", "save_checkpoint"]

@@ -1,0 +1,121 @@
+"""One-file checkpoints: model and guide parameters, the configuration and the preprocessing.
+
+Everything is stored as tensors and plain data (the configuration as a JSON string), so a
+checkpoint is read with ``torch.load(..., weights_only=True)``, which cannot run code. Files are
+written to a temporary name, flushed to disk and renamed, so an interrupted save never leaves a
+half-written checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT = "pyro-vae-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """The contents of a checkpoint file."""
+
+    config: dict
+    model_state: dict
+    guide_state: dict
+    preprocessing: dict | None
+
+
+def _state(part: nn.Module | None) -> dict:
+    return {} if part is None else part.state_dict()
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module | None,
+    guide: nn.Module | None,
+    config: dict | None = None,
+    preprocessing: dict | None = None,
+) -> Path:
+    """Write ``model`` and ``guide`` parameters with ``config`` (JSON-serializable) and the
+    ``preprocessing`` state (:meth:`pyro_vae.preprocessing.Preprocessor.state_dict`) to ``path``,
+    atomically. Returns the path."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": json.dumps(config or {}),
+        "model_state": _state(model),
+        "guide_state": _state(guide),
+        "preprocessing": preprocessing,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return path
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} was refused: it holds objects other than tensors and plain data, which could run "
+            f"code on loading ({str(error).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupted?): {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pyro_vae checkpoint")
+    if payload.get("version") != VERSION:
+        raise ValueError(
+            f"{path} has checkpoint version {payload.get('version')}; this pyro_vae reads version {VERSION}"
+        )
+    return payload
+
+
+def _load_state(part: nn.Module, state: dict, what: str, path: Path) -> None:
+    missing, unexpected = part.state_dict().keys() - state.keys(), state.keys() - part.state_dict().keys()
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} holds a {what} of another architecture: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
+    try:
+        part.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{path} holds a {what} of another shape: {error}") from None
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module | None = None,
+    guide: nn.Module | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Read a checkpoint and, if given, load its parameters into ``model`` and ``guide``.
+
+    Raises :class:`FileNotFoundError` for a missing file and :class:`ValueError` with the reason
+    for a corrupted file, a file that is not a checkpoint, a file holding code, or parameters
+    that do not fit the given model or guide.
+    """
+    path = Path(path)
+    payload = _read(path, map_location)
+    checkpoint = Checkpoint(
+        json.loads(payload["config"]), payload["model_state"], payload["guide_state"], payload["preprocessing"]
+    )
+    if model is not None:
+        _load_state(model, checkpoint.model_state, "model", path)
+    if guide is not None:
+        _load_state(guide, checkpoint.guide_state, "guide", path)
+    return checkpoint

@@ -1,0 +1,303 @@
+"""Training any model/guide pair with stochastic variational inference.
+
+:func:`fit` runs :class:`pyro.infer.SVI` over minibatches. It calls
+``model(x, y=y, size=N)`` and ``guide(x, y=y, size=N)`` with ``N`` the number of training data, so
+the ``pyro.plate("data", size, subsample=x)`` inside them scales each minibatch's log-densities by
+``N / len(x)`` and every step estimates the ELBO of the whole training set (Hoffman et al. 2013,
+"Stochastic Variational Inference"). Dividing by ``N`` gives the ELBO per datum in nats.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+from pyro import poutine
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from pyro_vae.device import resolve_device
+from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
+from pyro_vae.scoring import elbo
+
+LOSSES: dict[str, type] = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "jit": JitTrace_ELBO}
+OPTIMIZERS = ("adam", "clipped-adam")
+COLUMNS = ("epoch", "train_elbo", "val_elbo", "kl_weight", "seconds")
+
+Data = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Dataset
+
+
+@dataclass
+class History:
+    """What :func:`fit` did, one entry per epoch. ELBOs are per datum, in nats; ``train_elbo`` is
+    the minibatch average of the β-weighted training objective, ``val_elbo`` the plain ELBO
+    (β = 1) of the validation data, or NaN without validation data."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_elbo: list[float] = field(default_factory=list)
+    val_elbo: list[float] = field(default_factory=list)
+    kl_weight: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def append(self, epoch: int, train_elbo: float, val_elbo: float, kl_weight: float, seconds: float) -> None:
+        self.epoch.append(epoch)
+        self.train_elbo.append(train_elbo)
+        self.val_elbo.append(val_elbo)
+        self.kl_weight.append(kl_weight)
+        self.seconds.append(seconds)
+
+    @property
+    def wall_time(self) -> float:
+        return sum(self.seconds)
+
+    def rows(self) -> Iterator[dict]:
+        for values in zip(self.epoch, self.train_elbo, self.val_elbo, self.kl_weight, self.seconds, strict=True):
+            yield dict(zip(COLUMNS, values, strict=True))
+
+    def to_csv(self, path: str | Path) -> None:
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows())
+
+
+def split_data(data: Data, validation: float | Data | None, seed: int) -> tuple[Data, Data | None]:
+    """Hold out a fraction ``validation`` of ``data`` (chosen with ``seed``), or pass explicit
+    validation data through."""
+    if validation is None or validation == 0:
+        return data, None
+    if not isinstance(validation, float):
+        return data, validation
+    if not 0 < validation < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {validation}")
+    n = _num_data(data)
+    n_val = max(1, round(validation * n))
+    if n_val >= n:
+        raise ValueError(f"{n} data are too few to hold out a validation fraction of {validation}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_index, train_index = order[:n_val], order[n_val:]
+    if isinstance(data, Dataset):
+        return torch.utils.data.Subset(data, train_index.tolist()), torch.utils.data.Subset(data, val_index.tolist())
+    x, y = _unpack(data)
+    return (
+        (x[train_index], None if y is None else y[train_index]),
+        (x[val_index], None if y is None else y[val_index]),
+    )
+
+
+def _unpack(data: Data) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(data, torch.Tensor):
+        return data, None
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], data[1]
+    raise TypeError(f"data must be a tensor, a pair (x, y) of tensors or a torch Dataset, not {type(data).__name__}")
+
+
+def _num_data(data: Data) -> int:
+    return len(data) if isinstance(data, Dataset) else len(_unpack(data)[0])
+
+
+def _as_tensors(data: Data) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Collate a whole data set (used for validation scoring)."""
+    if not isinstance(data, Dataset):
+        return _unpack(data)
+    batch = next(iter(DataLoader(data, batch_size=len(data))))
+    return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+
+
+def _batches(
+    data: Data, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    if isinstance(data, Dataset):
+        for batch in DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator):
+            yield (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        return
+    x, y = _unpack(data)
+    order = torch.randperm(len(x), generator=generator)
+    for start in range(0, len(x), batch_size):
+        index = order[start : start + batch_size].to(x.device)
+        yield x[index], None if y is None else y[index]
+
+
+def _make_optimizer(name: str, lr: float, clip_norm: float | None) -> pyro.optim.PyroOptim:
+    if name == "adam":
+        return pyro.optim.Adam({"lr": lr}, clip_args={"clip_norm": clip_norm} if clip_norm else None)
+    if name == "clipped-adam":
+        return pyro.optim.ClippedAdam({"lr": lr, "clip_norm": clip_norm or 10.0})
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def _make_loss(name: str, num_particles: int, vectorize_particles: bool):
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    return LOSSES[name](num_particles=num_particles, vectorize_particles=vectorize_particles)
+
+
+def _evict_stale_params(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None, size: int) -> None:
+    """Make Pyro's global parameter store hold this model's and guide's own tensors.
+
+    A ``pyro.param``/``pyro.module`` statement returns the tensor already stored under its name.
+    After a previous model with the same parameter names (say, a second ``VAE()`` in the same
+    session), the store would hand SVI the old tensors and the new modules would never train.
+    Entries whose stored tensor is not the module's own parameter are dropped. If a name is still
+    shared after that, the model and guide use one name for two tensors, which SVI cannot train.
+    """
+    store = pyro.get_param_store()
+    for attempt in range(2):
+        with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as params:
+            guide_trace = poutine.trace(guide).get_trace(x, y=y, size=size)
+            poutine.replay(model, trace=guide_trace)(x, y=y, size=size)
+        stale = [
+            name
+            for name, site in params.trace.nodes.items()
+            if len(site["args"]) > 1
+            and isinstance(site["args"][1], nn.Parameter)
+            and site["value"].unconstrained() is not site["args"][1]
+        ]
+        if not stale:
+            return
+        if attempt == 1:
+            raise ValueError(
+                f"parameter names {stale} are used by two different tensors (do the model and the "
+                "guide have submodules with the same attribute name?); give them distinct names"
+            )
+        for name in stale:
+            del store[name]
+
+
+def _trained_parameters(svi: SVI) -> list[torch.Tensor]:
+    return list(svi.optim.optim_objs)
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    data: Data,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    clip_norm: float | None = None,
+    loss: str = "trace",
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    beta: float = 1.0,
+    warmup_epochs: float = 0.0,
+    validation: float | Data | None = 0.1,
+    patience: int | None = None,
+    device: str = "cpu",
+    seed: int | None = 0,
+    progress: bool | None = None,
+) -> History:
+    """Train ``model`` and ``guide`` by SVI and return the :class:`History`.
+
+    :param model: a Pyro model ``model(x, y=None, size=None)`` following the convention of
+        :mod:`pyro_vae.scoring`; its parameters live in ``nn.Module``/``PyroModule`` attributes or
+        ``pyro.param`` statements.
+    :param guide: the amortized guide, same signature.
+    :param data: a tensor ``x``, a pair ``(x, y)`` of tensors, or a torch ``Dataset`` whose items
+        are ``x`` or ``(x, y)``.
+    :param int epochs: passes over the training data.
+    :param int batch_size: minibatch size.
+    :param float lr: learning rate.
+    :param str optimizer: ``"adam"`` or ``"clipped-adam"`` (Pyro's Adam with gradient clipping
+        and optional decay).
+    :param clip_norm: clip each parameter's gradient to this norm (Pyro clips per parameter).
+    :param str loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
+        (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL where available) or ``"jit"``
+        (:class:`~pyro.infer.JitTrace_ELBO`).
+    :param int num_particles: ELBO particles per step.
+    :param bool vectorize_particles: evaluate the particles in one vectorized pass.
+    :param float beta: the KL weight β (Higgins et al. 2017), applied to every latent site of the
+        model and the guide.
+    :param float warmup_epochs: raise β linearly from 0 over this many epochs.
+    :param validation: a fraction of ``data`` to hold out, explicit validation data, or ``None``.
+        The validation ELBO (β = 1, one particle) is computed after every epoch.
+    :param patience: stop when the validation ELBO has not improved for this many epochs, and
+        restore the parameters of the best epoch.
+    :param str device: ``"cpu"``, ``"cuda"`` or ``"auto"``; data and ``nn.Module`` model/guide are
+        moved there.
+    :param seed: seeds Pyro, torch and the minibatch order; the same seed gives the same result
+        on CPU. ``None`` leaves the random state alone.
+    :param progress: show a progress bar (``None``: only on a terminal).
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    if loss == "jit" and warmup_epochs > 0:
+        raise ValueError("KL warm-up changes β every step, which a compiled (jit) loss cannot follow; use loss='trace'")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    torch_device = resolve_device(device)
+    for part in (model, guide):
+        if isinstance(part, nn.Module):
+            part.to(torch_device)
+    train_data, val_data = split_data(data, validation, seed or 0)
+    train_data, val_data = _to_device(train_data, torch_device), _to_device(val_data, torch_device)
+    size = _num_data(train_data)
+    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+
+    kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
+    weighted = beta != 1.0 or warmup_epochs > 0
+    svi = SVI(
+        kl_weighted(model, kl_handler) if weighted else model,
+        kl_weighted(guide, kl_handler) if weighted else guide,
+        _make_optimizer(optimizer, lr, clip_norm),
+        _make_loss(loss, num_particles, vectorize_particles),
+    )
+    x_val, y_val = _as_tensors(val_data) if val_data is not None else (None, None)
+    history = History()
+    best = (-math.inf, None)
+    steps_per_epoch = math.ceil(size / batch_size)
+    bar = tqdm(range(1, epochs + 1), desc="training", unit="epoch", disable=_hide_progress(progress))
+    for epoch in bar:
+        start = time.perf_counter()
+        total = 0.0
+        for step, (x, y) in enumerate(_batches(train_data, batch_size, generator)):
+            if epoch == 1 and step == 0:
+                _evict_stale_params(model, guide, x, y, size)
+            kl_handler.weight = linear_warmup(epoch - 1 + step / steps_per_epoch, beta, warmup_epochs)
+            step_loss = svi.step(x, y=y, size=size)
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(
+                    f"the loss became {step_loss} at epoch {epoch}, step {step + 1}; "
+                    "try a lower learning rate, gradient clipping (clip_norm) or KL warm-up"
+                )
+            total += step_loss
+        train_elbo = -total / (size * steps_per_epoch)
+        val_elbo = elbo(model, guide, x_val, y_val).mean().item() if x_val is not None else math.nan
+        history.append(epoch, train_elbo, val_elbo, kl_handler.weight, time.perf_counter() - start)
+        bar.set_postfix(train_elbo=f"{train_elbo:.3f}", val_elbo=f"{val_elbo:.3f}")
+        if val_elbo > best[0]:
+            keep = patience is not None
+            best = (val_elbo, [p.detach().clone() for p in _trained_parameters(svi)] if keep else None)
+            history.best_epoch = epoch
+        elif patience is not None and history.best_epoch is not None and epoch - history.best_epoch >= patience:
+            history.stopped_early = True
+            break
+    if best[1] is not None:
+        with torch.no_grad():
+            for parameter, saved in zip(_trained_parameters(svi), best[1], strict=True):
+                parameter.copy_(saved)
+    return history
+
+
+def _hide_progress(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress
+
+
+def _to_device(data: Data | None, device: torch.device) -> Data | None:
+    if data is None or isinstance(data, Dataset):
+        return data
+    x, y = _unpack(data)
+    return x.to(device), None if y is None else y.to(device)
