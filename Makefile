@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/pyro-vae train --dataset digits --out runs/demo
+	$(BIN)/pyro-vae train --dataset digits --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

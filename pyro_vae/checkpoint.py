@@ -25,10 +25,18 @@ VERSION = 1
 class Checkpoint:
     """The contents of a checkpoint file."""
 
+    path: Path
     config: dict
     model_state: dict
     guide_state: dict
     preprocessing: dict | None
+
+    def load_into(self, model: nn.Module | None = None, guide: nn.Module | None = None) -> None:
+        """Copy the stored parameters into ``model`` and ``guide`` (those given)."""
+        if model is not None:
+            _load_state(model, self.model_state, "model", self.path)
+        if guide is not None:
+            _load_state(guide, self.guide_state, "guide", self.path)
 
 
 def _state(part: nn.Module | None) -> dict:
@@ -112,10 +120,7 @@ def load_checkpoint(
     path = Path(path)
     payload = _read(path, map_location)
     checkpoint = Checkpoint(
-        json.loads(payload["config"]), payload["model_state"], payload["guide_state"], payload["preprocessing"]
+        path, json.loads(payload["config"]), payload["model_state"], payload["guide_state"], payload["preprocessing"]
     )
-    if model is not None:
-        _load_state(model, checkpoint.model_state, "model", path)
-    if guide is not None:
-        _load_state(guide, checkpoint.guide_state, "guide", path)
+    checkpoint.load_into(model, guide)
     return checkpoint

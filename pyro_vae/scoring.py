@@ -15,7 +15,8 @@ The second estimate is a lower bound in expectation that tightens as K grows (Bu
 "Importance Weighted Autoencoders"). The K particles are vectorized with an outer
 ``pyro.plate`` (as ``vectorize_particles`` does) and the work is split into chunks of at most
 ``max_batch`` (particle, datum) pairs, so memory stays bounded for any K and any data size.
-The model is called with ``size=None``, so minibatch scaling never enters a score.
+Model and guide are called with ``size`` equal to the number of data in the chunk, so the plate's
+minibatch scale is 1 and never enters a score.
 
 The convention: ``model(x, y=None, size=None)`` and ``guide(x, y=None, size=None)`` put every
 per-datum sample site inside ``pyro.plate("data", size, subsample=x)``; the model observes ``"x"``.
@@ -60,8 +61,9 @@ def _score_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _traces(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None):
-    guide_trace = poutine.trace(guide).get_trace(x, y=y, size=None)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y=y, size=None)
+    size = x.shape[0]
+    guide_trace = poutine.trace(guide).get_trace(x, y=y, size=size)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y=y, size=size)
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
 
@@ -80,6 +82,10 @@ def _check_structure(model_trace, guide_trace) -> None:
     missing = set(_latent_sites(model_trace)) - set(_latent_sites(guide_trace))
     if missing:
         raise ValueError(f"latent sites {sorted(missing)} of the model are not sampled by the guide")
+    for trace in (model_trace, guide_trace):
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                _data_dim(site)
 
 
 def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> int:

@@ -75,10 +75,12 @@ class History:
 def split_data(data: Data, validation: float | Data | None, seed: int) -> tuple[Data, Data | None]:
     """Hold out a fraction ``validation`` of ``data`` (chosen with ``seed``), or pass explicit
     validation data through."""
-    if validation is None or validation == 0:
+    if validation is None:
         return data, None
-    if not isinstance(validation, float):
+    if not isinstance(validation, (int, float)):
         return data, validation
+    if validation == 0:
+        return data, None
     if not 0 < validation < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {validation}")
     n = _num_data(data)
@@ -169,7 +171,7 @@ def _evict_stale_params(model: Callable, guide: Callable, x: torch.Tensor, y: to
             return
         if attempt == 1:
             raise ValueError(
-                f"parameter names {stale} are used by two different tensors (do the model and the "
+                f"parameter names {[name.replace('$$$', '.') for name in stale]} are used by two different tensors (do the model and the "
                 "guide have submodules with the same attribute name?); give them distinct names"
             )
         for name in stale:
@@ -229,7 +231,8 @@ def fit(
     :param str device: ``"cpu"``, ``"cuda"`` or ``"auto"``; data and ``nn.Module`` model/guide are
         moved there.
     :param seed: seeds Pyro, torch and the minibatch order; the same seed gives the same result
-        on CPU. ``None`` leaves the random state alone.
+        on CPU for the same initial parameters (seed before building the networks, e.g. with
+        ``pyro.set_rng_seed``, to fix those too). ``None`` leaves the random state alone.
     :param progress: show a progress bar (``None``: only on a terminal).
     """
     if epochs < 1 or batch_size < 1:

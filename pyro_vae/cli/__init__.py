@@ -1,0 +1,143 @@
+"""The ``pyro-vae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``score``.
+
+Every command prints what it wrote. Errors in the input (missing files, wrong data, a checkpoint
+of another model) end the command with a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pyro_vae.cli import queries, train
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.nets import ARCHITECTURES
+from pyro_vae.training import LOSSES
+
+DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, npz:PATH or csv:PATH"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a VAE and write a run directory",
+        description="Train a stock VAE by SVI and write checkpoint.pt, config.json, history.csv, metrics.json, "
+        "elbo.png, samples.png and reconstructions.png (images), and a novelty report of the test data "
+        "(novelty.csv, most novel first; novelty_histogram.png; novelty_top10.png for images).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--dataset", default="digits", help=DATASETS_HELP)
+    parser.add_argument("--data-dir", help="folder of the data files (default: data/<dataset>)")
+    parser.add_argument("--download", action="store_true", help="let torchvision download MNIST/Fashion-MNIST")
+    parser.add_argument(
+        "--likelihood",
+        default="auto",
+        choices=["auto", *LIKELIHOODS],
+        help="p(x|z); auto: bernoulli for binary data, continuous-bernoulli for images, gaussian-learned for tables",
+    )
+    parser.add_argument("--gaussian-scale", type=float, default=0.1, help="the fixed scale c of --likelihood gaussian")
+    parser.add_argument("--student-df", type=float, default=4.0, help="degrees of freedom of --likelihood student-t")
+    parser.add_argument("--arch", default="mlp", choices=ARCHITECTURES, help="encoder/decoder networks")
+    parser.add_argument("--guide", default="normal", choices=["normal", "delta"], help="delta: plain autoencoder")
+    parser.add_argument("--latent-dim", type=int, default=10, help="dimension of z")
+    parser.add_argument(
+        "--hidden",
+        type=_int_list,
+        help="encoder layer widths (mlp) or channels (conv), e.g. 512,256; the decoder mirrors them "
+        "(default: 256,128 for small inputs, 512,256 otherwise; 32,64 for conv)",
+    )
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
+    parser.add_argument("--loss", default="trace", choices=sorted(LOSSES), help="Pyro ELBO implementation")
+    parser.add_argument("--particles", type=int, default=1, help="ELBO particles per step (vectorized)")
+    parser.add_argument("--beta", type=float, default=1.0, help="KL weight")
+    parser.add_argument("--warmup", type=float, default=0.0, help="epochs of linear KL warm-up from 0 to --beta")
+    parser.add_argument("--validation", type=float, default=0.1, help="fraction of the training data held out")
+    parser.add_argument("--patience", type=int, help="early stopping: epochs without validation improvement")
+    parser.add_argument("--score-samples", type=int, default=1000, help="K for the test log p(x) and novelty report")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="run directory (default: runs/<dataset>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(command=train.run)
+
+
+def _add_run_command(
+    commands: argparse._SubParsersAction, name: str, help_text: str, handler
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("run", help="run directory written by 'pyro-vae train', or its checkpoint.pt")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
+    parser.set_defaults(command=handler)
+    return parser
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, split: str = "test") -> None:
+    parser.add_argument("--data", help=f"data to use: {DATASETS_HELP} (default: the run's data set)")
+    parser.add_argument("--data-dir", help="folder of the data files")
+    parser.add_argument("--split", default=split, choices=["train", "test", "all"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae", description="Variational autoencoders as Pyro programs: train, evaluate, sample, score."
+    )
+    commands = parser.add_subparsers(dest="command_name", required=True)
+    _add_train(commands)
+
+    evaluate = _add_run_command(
+        commands, "evaluate", "ELBO and importance-sampled log p(x) per datum, in nats", queries.evaluate
+    )
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--num-samples", type=int, default=1000, help="importance samples K per datum")
+    evaluate.add_argument("--json", help="also write the results to this JSON file")
+
+    sample = _add_run_command(commands, "sample", "draw samples from the model as a PNG grid", queries.sample)
+    sample.add_argument("--num", type=int, default=64, help="number of samples")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", help="PNG path (default: RUN/samples.png)")
+
+    reconstruct = _add_run_command(
+        commands, "reconstruct", "data beside their reconstructions, as PNG", queries.reconstruct
+    )
+    _add_data_arguments(reconstruct)
+    reconstruct.add_argument("--num", type=int, default=20, help="number of data shown")
+    reconstruct.add_argument("--out", help="PNG path (default: RUN/reconstructions.png)")
+
+    score = _add_run_command(
+        commands, "score", "per-datum novelty scores (log p(x)) as CSV, most novel first, with figures", queries.score
+    )
+    _add_data_arguments(score)
+    score.add_argument("--num-samples", type=int, default=1000, help="importance samples K per datum")
+    score.add_argument("--out", help="folder for the report (default: the run directory)")
+    score.add_argument("--stem", default="scores", help="file name stem: STEM.csv, STEM_histogram.png, ...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"pyro-vae {args.command_name}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Figures a person would rather look at than read: training curves, image grids, novelty.
+
+Everything is drawn with matplotlib's file-only ``Agg`` backend and written as PNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from pyro_vae.training import History
+
+
+def _save(figure: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def plot_history(history: History, path: str | Path, title: str = "Training") -> Path:
+    """ELBO per datum against epoch, training objective and validation ELBO."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot(history.epoch, history.train_elbo, label="training (minibatch average)", color="tab:blue")
+    if not all(math.isnan(v) for v in history.val_elbo):
+        axes.plot(history.epoch, history.val_elbo, label="validation", color="tab:orange")
+    if history.best_epoch is not None:
+        axes.axvline(history.best_epoch, color="grey", linestyle=":", label=f"best epoch ({history.best_epoch})")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("ELBO per datum (nats)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def _as_images(images: torch.Tensor) -> np.ndarray:
+    """``[N, C, H, W]`` in [0, 1] to ``[N, H, W]`` (grey) or ``[N, H, W, 3]`` (colour) numpy."""
+    array = images.detach().float().clamp(0, 1).cpu().numpy()
+    return array[:, 0] if array.shape[1] == 1 else array.transpose(0, 2, 3, 1)
+
+
+def image_grid(
+    images: torch.Tensor,
+    path: str | Path,
+    title: str,
+    columns: int | None = None,
+    captions: Sequence[str] | None = None,
+) -> Path:
+    """Tile ``images`` (``[N, C, H, W]`` in [0, 1]) into one figure, with optional captions."""
+    pictures = _as_images(images)
+    count = len(pictures)
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    height, width = pictures.shape[1:3]
+    scale = 1.1 if captions is None else 1.5
+    figure, axes_grid = plt.subplots(
+        rows, columns, figsize=(columns * scale * width / max(height, width) + 0.2, rows * scale + 0.6), squeeze=False
+    )
+    for index, axes in enumerate(axes_grid.flat):
+        axes.axis("off")
+        if index < count:
+            axes.imshow(pictures[index], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if captions is not None:
+                axes.set_title(captions[index], fontsize=7)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, title: str) -> Path:
+    """Originals in the top row of each pair, their reconstructions underneath."""
+    count = len(originals)
+    columns = min(count, 10)
+    figure, axes_grid = plt.subplots(
+        2 * math.ceil(count / columns), columns, figsize=(columns * 1.0, 2.2 * math.ceil(count / columns) + 0.4)
+    )
+    axes_grid = np.atleast_2d(axes_grid)
+    for index, (original, reconstruction) in enumerate(
+        zip(_as_images(originals), _as_images(reconstructions), strict=True)
+    ):
+        row, column = 2 * (index // columns), index % columns
+        for offset, picture in ((0, original), (1, reconstruction)):
+            axes_grid[row + offset, column].imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for axes in axes_grid.flat:
+        axes.set_xticks([])
+        axes.set_yticks([])
+    for row in range(0, axes_grid.shape[0], 2):
+        axes_grid[row, 0].set_ylabel("data", fontsize=8)
+        axes_grid[row + 1, 0].set_ylabel("recon.", fontsize=8)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def score_histogram(
+    scores: np.ndarray, path: str | Path, title: str, marked: np.ndarray | None = None, label: str = "log p(x)"
+) -> Path:
+    """Histogram of per-datum scores; ``marked`` scores (e.g. the most novel) as red ticks."""
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.hist(scores, bins=min(60, max(10, len(scores) // 10)), color="tab:blue", alpha=0.8)
+    if marked is not None:
+        for value in marked:
+            axes.axvline(value, color="tab:red", alpha=0.6, linewidth=1)
+    axes.set_xlabel(f"{label} per datum (nats); lower = more novel")
+    axes.set_ylabel("count")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    return _save(figure, path)

@@ -1,0 +1,147 @@
+"""The per-datum ELBO and importance-sampled log p(x) against closed forms.
+
+Probabilistic PCA (Tipping & Bishop 1999) has p(x) = N(b, W Wᵀ + σ² I) and the Gaussian posterior
+q*(z | x) = N(M⁻¹ Wᵀ (x - b), σ² M⁻¹) with M = Wᵀ W + σ² I. With q* as proposal every importance
+weight equals p(x), so both estimates must be exact; with a trained amortized guide the estimates
+must be ordered ELBO ≤ IS ≤ exact (up to Monte Carlo error).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro_vae.guides import AmortizedNormal
+
+import pyro_vae
+from pyro_vae.scoring import log_weights
+
+DATA_DIM, LATENT_DIM, SIGMA = 5, 2, 0.5
+
+
+class PPCA:
+    """A fixed linear-Gaussian model, its exact posterior as a guide, and its exact log p(x)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
+        generator = torch.Generator().manual_seed(1)
+        self.W = torch.randn(DATA_DIM, LATENT_DIM, generator=generator, dtype=dtype)
+        self.b = torch.randn(DATA_DIM, generator=generator, dtype=dtype)
+        M = self.W.T @ self.W + SIGMA**2 * torch.eye(LATENT_DIM, dtype=dtype)
+        self.M_inv = torch.linalg.inv(M)
+
+    def model(self, x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(self.b[:LATENT_DIM]), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, SIGMA).to_event(1), obs=x)
+
+    def exact_guide(self, x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            loc = (x - self.b) @ self.W @ self.M_inv.T
+            pyro.sample("z", dist.MultivariateNormal(loc, covariance_matrix=SIGMA**2 * self.M_inv))
+
+    def log_px(self, x: torch.Tensor) -> torch.Tensor:
+        covariance = self.W @ self.W.T + SIGMA**2 * torch.eye(DATA_DIM, dtype=x.dtype)
+        return dist.MultivariateNormal(self.b, covariance_matrix=covariance).log_prob(x)
+
+    def sample(self, n: int, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, LATENT_DIM, generator=generator, dtype=self.b.dtype)
+        noise = SIGMA * torch.randn(n, DATA_DIM, generator=generator, dtype=self.b.dtype)
+        return z @ self.W.T + self.b + noise
+
+
+@pytest.fixture(scope="module")
+def ppca() -> PPCA:
+    return PPCA()
+
+
+def test_exact_posterior_gives_exact_log_likelihood(ppca):
+    x = ppca.sample(200, seed=2)
+    exact = ppca.log_px(x)
+    estimate = pyro_vae.log_likelihood(ppca.model, ppca.exact_guide, x, num_samples=50)
+    assert estimate.shape == (200,)
+    assert torch.allclose(estimate, exact, atol=1e-3, rtol=0)
+    # With the exact posterior the KL term vanishes: the ELBO is log p(x) too.
+    assert torch.allclose(pyro_vae.elbo(ppca.model, ppca.exact_guide, x, num_samples=3), exact, atol=1e-3, rtol=0)
+
+
+def test_chunking_does_not_change_the_estimate(ppca):
+    x = ppca.sample(23, seed=3)
+    # 7 (particle, datum) pairs at a time: particles and rows are both split across chunks.
+    chunked = pyro_vae.log_likelihood(ppca.model, ppca.exact_guide, x, num_samples=10, max_batch=7)
+    assert torch.allclose(chunked, ppca.log_px(x), atol=1e-3, rtol=0)
+    weights = log_weights(ppca.model, ppca.exact_guide, x, num_samples=10, max_batch=4)
+    assert weights.shape == (10, 23)
+    assert torch.allclose(weights, ppca.log_px(x).expand(10, 23), atol=1e-3, rtol=0)
+
+
+def test_a_wrong_guide_is_visibly_wrong(ppca):
+    """The exactness above is not automatic: a shifted posterior breaks it."""
+
+    def shifted_guide(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            loc = (x - ppca.b) @ ppca.W @ ppca.M_inv.T + 1.0
+            pyro.sample("z", dist.MultivariateNormal(loc, covariance_matrix=SIGMA**2 * ppca.M_inv))
+
+    x = ppca.sample(100, seed=4)
+    exact = ppca.log_px(x)
+    elbo = pyro_vae.elbo(ppca.model, shifted_guide, x, num_samples=20)
+    assert (exact - elbo).mean() > 1.0
+
+
+def test_trained_amortized_guide_orders_the_bounds(ppca):
+    model = PPCA(torch.float32)
+    x = model.sample(2000, seed=5).float()
+    guide = AmortizedNormal.build((DATA_DIM,), LATENT_DIM, hidden=(64,))
+    pyro_vae.fit(model.model, guide, x, epochs=60, batch_size=100, lr=3e-3, validation=None, progress=False)
+    test = model.sample(500, seed=6).float()
+    exact = model.log_px(test).mean().item()
+    elbo = pyro_vae.elbo(model.model, guide, test, num_samples=10).mean().item()
+    importance = pyro_vae.log_likelihood(model.model, guide, test, num_samples=1000).mean().item()
+    assert elbo <= importance <= exact + 0.05
+    # The guide has learned something: its ELBO is within a nat of the truth.
+    assert exact - elbo < 1.0
+
+
+def test_scores_ignore_minibatch_scaling(ppca):
+    """Scoring a datum alone or within a batch gives the same number."""
+    x = ppca.sample(8, seed=7)
+    together = pyro_vae.log_likelihood(ppca.model, ppca.exact_guide, x, num_samples=5)
+    alone = torch.cat(
+        [pyro_vae.log_likelihood(ppca.model, ppca.exact_guide, x[i : i + 1], num_samples=5) for i in range(8)]
+    )
+    assert torch.allclose(together, alone, atol=1e-6)
+
+
+def test_site_outside_the_data_plate_is_refused():
+    def model(x, y=None, size=None):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", size, subsample=x):
+            pyro.sample("x", dist.Normal(shift, 1.0).expand([2]).to_event(1), obs=x)
+
+    def guide(x, y=None, size=None):
+        pyro.sample("shift", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="'shift' is not inside"):
+        pyro_vae.elbo(model, guide, torch.zeros(3, 2))
+
+
+def test_model_without_observed_x_is_refused():
+    def model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            pyro.sample("obs", dist.Normal(0.0, 1.0).expand([2]).to_event(1), obs=x)
+
+    def guide(x, y=None, size=None):
+        pass
+
+    with pytest.raises(ValueError, match="no observed sample site named 'x'"):
+        pyro_vae.log_likelihood(model, guide, torch.zeros(3, 2), num_samples=2)
+
+
+def test_latent_missing_from_guide_is_refused(ppca):
+    def empty_guide(x, y=None, size=None):
+        pass
+
+    with pytest.raises(ValueError, match=r"\['z'\].*not sampled by the guide"):
+        pyro_vae.elbo(ppca.model, empty_guide, ppca.sample(3, seed=0))

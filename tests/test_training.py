@@ -1,0 +1,285 @@
+"""pyro_vae.fit: it trains stock and user-written pairs, scales minibatches right, is
+reproducible, and its options (β, warm-up, losses, early stopping) do what they say."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from pyro.nn import PyroModule
+from pyro_vae.guides import AmortizedNormal
+from pyro_vae.models import VAE
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import pyro_vae
+from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted
+from pyro_vae.likelihoods import get_likelihood
+
+LATENT = 10
+HIDDEN = (256, 128)
+# A working VAE reaches a held-out ELBO of about 75-77 nats per digit after 30 epochs (seeds 0, 1);
+# a decoder that ignores z can only learn the pixel marginals and stays near 6.
+TRAINED_DIGITS_ELBO = 60.0
+
+
+class IgnoresZ(nn.Module):
+    """A broken decoder: the same logits for every z."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(1, 1, 8, 8))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(*z.shape[:-1], 1, 1, 8, 8)
+
+
+def stock_pair(x_shape=(1, 8, 8), likelihood="continuous-bernoulli"):
+    return (
+        VAE.build(x_shape, LATENT, HIDDEN, "mlp", likelihood),
+        AmortizedNormal.build(x_shape, LATENT, HIDDEN, "mlp"),
+    )
+
+
+@pytest.mark.parametrize("decoder", ["stock", "ignores-z"])
+def test_thirty_epochs_raise_the_held_out_elbo(digits, decoder):
+    model, guide = stock_pair()
+    if decoder == "ignores-z":
+        model = VAE(IgnoresZ(), get_likelihood("continuous-bernoulli", 3), LATENT)
+    before = pyro_vae.elbo(model, guide, digits.test_x, num_samples=10).mean().item()
+    pyro_vae.fit(model, guide, digits.train_x, epochs=30, validation=None, progress=False)
+    after = pyro_vae.elbo(model, guide, digits.test_x, num_samples=10).mean().item()
+    assert before < 5.0
+    if decoder == "stock":
+        assert after > TRAINED_DIGITS_ELBO
+    else:
+        assert after < TRAINED_DIGITS_ELBO / 2, "the threshold must be out of reach of a broken decoder"
+
+
+def test_same_seed_same_result_and_another_seed_differs(digits):
+    def train(seed):
+        pyro.set_rng_seed(seed)  # the networks' initial weights are the user's to seed
+        model, guide = stock_pair()
+        history = pyro_vae.fit(model, guide, digits.train_x[:400], epochs=3, seed=seed, progress=False)
+        return history, [p.detach().clone() for p in [*model.parameters(), *guide.parameters()]]
+
+    (history_a, params_a), (history_b, params_b) = train(3), train(3)
+    assert history_a.train_elbo == history_b.train_elbo
+    assert history_a.val_elbo == history_b.val_elbo
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True))
+    history_c, params_c = train(4)
+    assert history_c.train_elbo != history_a.train_elbo
+    assert not all(torch.equal(a, c) for a, c in zip(params_a, params_c, strict=True))
+
+
+def test_per_datum_training_elbo_matches_the_validation_elbo(digits):
+    """Each step's loss is scaled by the plate to the whole training set; divided by N it must
+    be on the scale of the per-datum validation ELBO, whatever the batch size."""
+    for batch_size in (16, 256):
+        model, guide = stock_pair()
+        history = pyro_vae.fit(model, guide, digits.train_x, epochs=10, batch_size=batch_size, progress=False)
+        assert abs(history.train_elbo[-1] - history.val_elbo[-1]) < 5.0, batch_size
+        assert history.val_elbo[-1] > 20.0
+
+
+class LaplaceModel(PyroModule):
+    """A user's model: two stochastic layers and a Laplace likelihood, written in plain Pyro."""
+
+    def __init__(self, data_dim: int) -> None:
+        super().__init__()
+        self.top_to_bottom = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 8))
+        self.bottom_to_x = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, data_dim))
+        self.log_scale = nn.Parameter(torch.zeros(data_dim))
+
+    def forward(self, x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            top = pyro.sample("top", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            loc, log_scale = self.top_to_bottom(top).chunk(2, dim=-1)
+            bottom = pyro.sample("bottom", dist.Normal(loc, log_scale.exp()).to_event(1))
+            pyro.sample("x", dist.Laplace(self.bottom_to_x(bottom), self.log_scale.exp()).to_event(1), obs=x)
+
+
+class LaplaceGuide(PyroModule):
+    def __init__(self, data_dim: int) -> None:
+        super().__init__()
+        self.x_to_bottom = nn.Sequential(nn.Linear(data_dim, 32), nn.Tanh(), nn.Linear(32, 8))
+        self.bottom_to_top = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 4))
+
+    def forward(self, x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            loc, raw = self.x_to_bottom(x).chunk(2, dim=-1)
+            bottom = pyro.sample("bottom", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+            loc, raw = self.bottom_to_top(bottom).chunk(2, dim=-1)
+            pyro.sample("top", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+def test_user_written_hierarchical_laplace_model_trains_and_scores():
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(1000, 2, generator=generator)
+    x = torch.cat([z, z.sin(), z[:, :1] * z[:, 1:]], dim=-1) + 0.05 * torch.randn(1000, 5, generator=generator)
+    model, guide = LaplaceModel(5), LaplaceGuide(5)
+    before = pyro_vae.elbo(model, guide, x[:200], num_samples=10).mean().item()
+    history = pyro_vae.fit(model, guide, x, epochs=60, batch_size=100, lr=1e-2, progress=False)
+    elbo = pyro_vae.elbo(model, guide, x[:200], num_samples=10)
+    log_px = pyro_vae.log_likelihood(model, guide, x[:200], num_samples=200)
+    assert elbo.shape == log_px.shape == (200,)
+    assert elbo.mean().item() > before + 5.0
+    assert history.val_elbo[-1] > history.val_elbo[0]
+    assert log_px.mean() >= elbo.mean()
+
+
+def test_plain_function_model_with_pyro_module_trains():
+    decoder, encoder = nn.Linear(2, 4), nn.Linear(4, 4)
+
+    def model(x, y=None, size=None):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 0.1).to_event(1), obs=x)
+
+    def guide(x, y=None, size=None):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", size, subsample=x):
+            loc, raw = encoder(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw)).to_event(1))
+
+    x = torch.randn(500, 2) @ torch.tensor([[1.0, 0.5, 0.0, -1.0], [0.0, 1.0, 2.0, 0.5]])
+    before = [p.detach().clone() for p in [*decoder.parameters(), *encoder.parameters()]]
+    history = pyro_vae.fit(model, guide, x, epochs=30, lr=1e-2, progress=False)
+    after = [*decoder.parameters(), *encoder.parameters()]
+    assert all(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
+    assert history.val_elbo[-1] > history.val_elbo[0] + 10.0
+
+
+@pytest.mark.parametrize("form", ["tensor", "pair", "dataset"])
+def test_data_forms_and_labels_reach_the_model(form):
+    seen_labels = []
+
+    class LabelledVAE(VAE):
+        def forward(self, x=None, y=None, size=None):
+            seen_labels.append(y)
+            return super().forward(x, y, size)
+
+    x, y = (torch.rand(200, 6) > 0.5).float(), torch.arange(200) % 3
+    data = {"tensor": x, "pair": (x, y), "dataset": TensorDataset(x, y)}[form]
+    model = LabelledVAE.build((6,), 2, (16,), "mlp", "bernoulli")
+    guide = AmortizedNormal.build((6,), 2, (16,))
+    history = pyro_vae.fit(model, guide, data, epochs=2, batch_size=50, progress=False)
+    assert len(history.epoch) == 2
+    labels = [labels for labels in seen_labels if labels is not None]
+    if form == "tensor":
+        assert not labels
+    else:
+        assert labels and all(len(labels) <= 50 and labels.max() <= 2 for labels in labels)
+
+
+def test_beta_scales_the_kl_term_in_model_and_guide():
+    model, guide = stock_pair((6,), "bernoulli")
+    x = (torch.rand(20, 6) > 0.5).float()
+    beta = 3.0
+    handler = KLWeightMessenger(beta)
+    pyro.set_rng_seed(5)
+    loss = Trace_ELBO().loss(kl_weighted(model, handler), kl_weighted(guide, handler), x, size=20)
+    pyro.set_rng_seed(5)
+    guide_trace = poutine.trace(guide).get_trace(x, size=20)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, size=20)
+    log_px_z = model_trace.nodes["x"]["fn"].log_prob(x).sum()
+    log_pz = model_trace.nodes["z"]["fn"].log_prob(guide_trace.nodes["z"]["value"]).sum()
+    log_qz = guide_trace.nodes["z"]["fn"].log_prob(guide_trace.nodes["z"]["value"]).sum()
+    expected = -(log_px_z + beta * (log_pz - log_qz))
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_warmup_raises_beta_linearly(digits):
+    model, guide = stock_pair()
+    history = pyro_vae.fit(
+        model, guide, digits.train_x[:256], epochs=6, batch_size=64, beta=2.0, warmup_epochs=4, progress=False
+    )
+    weights = history.kl_weight
+    assert all(a < b for a, b in zip(weights[:4], weights[1:4], strict=False))
+    assert weights[0] == pytest.approx(2.0 * (0 + 3 / 4) / 4)  # last of 4 steps in epoch 1
+    assert weights[4:] == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("loss,particles,vectorize", [("meanfield", 1, False), ("trace", 4, True), ("jit", 1, False)])
+def test_other_losses_train(digits, loss, particles, vectorize):
+    model, guide = stock_pair()
+    history = pyro_vae.fit(
+        model,
+        guide,
+        digits.train_x[:512],
+        epochs=4,
+        loss=loss,
+        num_particles=particles,
+        vectorize_particles=vectorize,
+        progress=False,
+    )
+    assert history.val_elbo[-1] > history.val_elbo[0] + 5.0
+
+
+def test_early_stopping_restores_the_best_epoch(digits):
+    """Validating on inverted digits: the better the model fits digits, the worse it fits their
+    negatives, so the best validation epoch is an early one and training stops."""
+    model, guide = stock_pair()
+    inverted = 1.0 - digits.test_x
+    history = pyro_vae.fit(
+        model, guide, digits.train_x, epochs=40, validation=inverted, patience=3, lr=3e-3, progress=False
+    )
+    assert history.stopped_early
+    assert len(history.epoch) == history.best_epoch + 3
+    restored = pyro_vae.elbo(model, guide, inverted, num_samples=20).mean().item()
+    best, last = history.val_elbo[history.best_epoch - 1], history.val_elbo[-1]
+    assert abs(restored - best) < abs(restored - last)
+
+
+def test_a_second_model_with_the_same_parameter_names_trains(digits):
+    """Pyro's global parameter store must not hand the second model the first one's tensors."""
+    for _ in range(2):
+        model, guide = stock_pair()
+        before = [p.detach().clone() for p in model.parameters()]
+        pyro_vae.fit(model, guide, digits.train_x[:256], epochs=1, progress=False)
+        assert all(not torch.equal(b, a) for b, a in zip(before, model.parameters(), strict=True))
+
+
+def test_model_and_guide_sharing_parameter_names_is_refused():
+    class Model(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(2, 3)
+
+        def forward(self, x, y=None, size=None):
+            with pyro.plate("data", size, subsample=x):
+                z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(self.net(z), 1.0).to_event(1), obs=x)
+
+    class Guide(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(3, 2)
+
+        def forward(self, x, y=None, size=None):
+            with pyro.plate("data", size, subsample=x):
+                pyro.sample("z", dist.Normal(self.net(x), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match="net.weight"):
+        pyro_vae.fit(Model(), Guide(), torch.randn(20, 3), epochs=1, progress=False)
+
+
+def test_bad_arguments_are_named():
+    model, guide = stock_pair((6,), "bernoulli")
+    x = torch.zeros(10, 6)
+    with pytest.raises(ValueError, match="unknown loss"):
+        pyro_vae.fit(model, guide, x, loss="nope", progress=False)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        pyro_vae.fit(model, guide, x, optimizer="sgd", progress=False)
+    with pytest.raises(ValueError, match="validation fraction"):
+        pyro_vae.fit(model, guide, x, validation=1.5, progress=False)
+    with pytest.raises(TypeError, match="data must be"):
+        pyro_vae.fit(model, guide, [x, x, x], progress=False)
+    with pytest.raises(ValueError, match="cuda"):
+        if torch.cuda.is_available():
+            raise ValueError("cuda is available here; nothing to check")
+        pyro_vae.fit(model, guide, x, device="cuda", progress=False)
