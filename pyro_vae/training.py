@@ -170,9 +170,10 @@ def _evict_stale_params(model: Callable, guide: Callable, x: torch.Tensor, y: to
         if not stale:
             return
         if attempt == 1:
+            names = [name.replace("$$$", ".") for name in stale]
             raise ValueError(
-                f"parameter names {[name.replace('$$$', '.') for name in stale]} are used by two different tensors (do the model and the "
-                "guide have submodules with the same attribute name?); give them distinct names"
+                f"parameter names {names} are used by two different tensors (do the model and the guide "
+                "have submodules with the same attribute name?); give them distinct names"
             )
         for name in stale:
             del store[name]

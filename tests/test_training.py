@@ -3,6 +3,8 @@ reproducible, and its options (β, warm-up, losses, early stopping) do what they
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -199,7 +201,7 @@ def test_warmup_raises_beta_linearly(digits):
         model, guide, digits.train_x[:256], epochs=6, batch_size=64, beta=2.0, warmup_epochs=4, progress=False
     )
     weights = history.kl_weight
-    assert all(a < b for a, b in zip(weights[:4], weights[1:4], strict=False))
+    assert all(a < b for a, b in pairwise(weights[:5]))
     assert weights[0] == pytest.approx(2.0 * (0 + 3 / 4) / 4)  # last of 4 steps in epoch 1
     assert weights[4:] == [2.0, 2.0]
 
@@ -264,7 +266,7 @@ def test_model_and_guide_sharing_parameter_names_is_refused():
             with pyro.plate("data", size, subsample=x):
                 pyro.sample("z", dist.Normal(self.net(x), 1.0).to_event(1))
 
-    with pytest.raises(ValueError, match="net.weight"):
+    with pytest.raises(ValueError, match=r"net\.weight"):
         pyro_vae.fit(Model(), Guide(), torch.randn(20, 3), epochs=1, progress=False)
 
 
