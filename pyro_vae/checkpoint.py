@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,16 +73,29 @@ def save_checkpoint(
     return path
 
 
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _is_pickle_calling_code(path: Path) -> bool:
+    """Whether a raw pickle file imports or calls anything; read with pickletools, never run."""
+    try:
+        return any(opcode.name in _CODE_OPCODES for opcode, _, _ in pickletools.genops(path.read_bytes()))
+    except Exception:  # not a pickle at all: corrupted rather than crafted
+        return False
+
+
 def _read(path: Path, map_location: str | torch.device) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} was refused: it holds objects other than tensors and plain data, which could run "
-            f"code on loading ({str(error).splitlines()[0]})"
-        ) from None
+        if "Unsupported global" in str(error) or _is_pickle_calling_code(path):
+            raise ValueError(
+                f"{path} was refused: it names Python objects other than tensors and plain data, and loading "
+                "those could run code; only load such a file with plain torch.load if you trust its source"
+            ) from None
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupted?)") from None
     except (RuntimeError, EOFError, OSError) as error:
         raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupted?): {error}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -83,9 +83,13 @@ class UnflattenMLP(nn.Module):
         return self.mlp(z).unflatten(-1, self.out_shape)
 
 
-def _downsampled(size: int, times: int) -> int:
+def _halved(size: int, times: int, round_up: bool) -> int:
+    """The size after ``times`` stride-2 steps: a 4x4 kernel with padding 1 floors odd sizes;
+    a decoder rounds up instead and crops its output."""
     for _ in range(times):
-        size = (size + 1) // 2
+        size = (size + round_up) // 2
+    if size < 1:
+        raise ValueError(f"images are too small for {times} stride-2 layers; use fewer hidden layers")
     return size
 
 
@@ -108,7 +112,7 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = []
         for c_in, c_out in pairwise(channels):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), _activation(activation)]
-        height, width = (_downsampled(s, len(hidden)) for s in in_shape[1:])
+        height, width = (_halved(s, len(hidden), round_up=False) for s in in_shape[1:])
         self.convs = nn.Sequential(*layers)
         self.linear = nn.Linear(channels[-1] * height * width, out_features)
 
@@ -146,7 +150,7 @@ class ConvDecoder(nn.Module):
             raise ValueError("ConvDecoder needs at least one hidden channel size")
         self.out_shape = tuple(out_shape)
         self.params_per_value = params_per_value
-        self.coarse_shape = (hidden[0], *(_downsampled(s, len(hidden)) for s in out_shape[1:]))
+        self.coarse_shape = (hidden[0], *(_halved(s, len(hidden), round_up=True) for s in out_shape[1:]))
         self.linear = nn.Sequential(nn.Linear(in_features, math.prod(self.coarse_shape)), _activation(activation))
         channels = [*hidden, params_per_value * out_shape[0]]
         layers: list[nn.Module] = []
