@@ -55,7 +55,9 @@ def test_npz_and_csv_tables(tmp_path):
     assert table.x_shape == (3,) and not table.is_image
     assert len(table.train_x) == 40 and len(table.test_y) == 10
     with open(tmp_path / "t.csv", "w") as handle:
-        handle.write("a,b,label,c\n" + "\n".join(f"{r[0]},{r[1]},{l},{r[2]}" for r, l in zip(x, y, strict=True)))
+        handle.write(
+            "a,b,label,c\n" + "\n".join(f"{row[0]},{row[1]},{label},{row[2]}" for row, label in zip(x, y, strict=True))
+        )
     from_csv = load_dataset(f"csv:{tmp_path / 't.csv'}")
     assert from_csv.x_shape == (3,)
     assert torch.allclose(from_csv.train_x, table.train_x) and torch.equal(from_csv.train_y, table.train_y)
