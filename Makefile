@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/pyro-vae train --dataset digits --out runs/demo --overwrite
+	$(BIN)/pyro-vae train --dataset digits --epochs 300 --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -62,9 +62,13 @@ def image_grid(
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     height, width = pictures.shape[1:3]
-    scale = 1.1 if captions is None else 1.5
+    cell = 0.9 if captions is None else 1.4
     figure, axes_grid = plt.subplots(
-        rows, columns, figsize=(columns * scale * width / max(height, width) + 0.2, rows * scale + 0.6), squeeze=False
+        rows,
+        columns,
+        figsize=(columns * cell * width / max(height, width), rows * cell + 0.4),
+        squeeze=False,
+        layout="constrained",
     )
     for index, axes in enumerate(axes_grid.flat):
         axes.axis("off")
@@ -81,7 +85,10 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, 
     count = len(originals)
     columns = min(count, 10)
     figure, axes_grid = plt.subplots(
-        2 * math.ceil(count / columns), columns, figsize=(columns * 1.0, 2.2 * math.ceil(count / columns) + 0.4)
+        2 * math.ceil(count / columns),
+        columns,
+        figsize=(columns * 1.0, 2.0 * math.ceil(count / columns) + 0.4),
+        layout="constrained",
     )
     axes_grid = np.atleast_2d(axes_grid)
     for index, (original, reconstruction) in enumerate(
@@ -107,8 +114,10 @@ def score_histogram(
     figure, axes = plt.subplots(figsize=(6, 3.5))
     axes.hist(scores, bins=min(60, max(10, len(scores) // 10)), color="tab:blue", alpha=0.8)
     if marked is not None:
-        for value in marked:
-            axes.axvline(value, color="tab:red", alpha=0.6, linewidth=1)
+        for index, value in enumerate(marked):
+            label = f"the {len(marked)} most novel" if index == 0 else None
+            axes.axvline(value, color="tab:red", alpha=0.6, linewidth=1, label=label)
+        axes.legend()
     axes.set_xlabel(f"{label} per datum (nats); lower = more novel")
     axes.set_ylabel("count")
     axes.set_title(title)
