@@ -32,6 +32,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.progress import progress_bar
+
 DATA_PLATE = "data"
 OBSERVED_SITE = "x"
 DEFAULT_MAX_BATCH = 1 << 14
@@ -128,11 +130,13 @@ def iter_log_weights(
     y: torch.Tensor | None = None,
     num_samples: int = 1,
     max_batch: int = DEFAULT_MAX_BATCH,
+    progress: bool | None = False,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(rows, log_w)`` chunks of the log importance weights, ``log_w`` shaped
     ``[particles, len(rows)]``; the particle chunks of one row block come one after another.
 
     :param int max_batch: the most (particle, datum) pairs evaluated at once; bounds memory.
+    :param progress: show a progress bar (``None``: only on a terminal).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
@@ -141,13 +145,15 @@ def iter_log_weights(
     particle_dim = -max_plate_nesting(model, guide, x, y) - 1
     particles_per_chunk = min(num_samples, max_batch)
     rows_per_chunk = max(1, max_batch // particles_per_chunk)
-    with torch.no_grad():
+    bar = progress_bar(total=x.shape[0], desc=f"scoring (K={num_samples})", unit="datum", show=progress)
+    with torch.no_grad(), bar:
         for start in range(0, x.shape[0], rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
             x_rows, y_rows = x[rows], None if y is None else y[rows]
             for done in range(0, num_samples, particles_per_chunk):
                 count = min(particles_per_chunk, num_samples - done)
                 yield rows, _log_weights_chunk(model, guide, x_rows, y_rows, count, particle_dim)
+            bar.update(x_rows.shape[0])
 
 
 def log_weights(
@@ -157,11 +163,12 @@ def log_weights(
     y: torch.Tensor | None = None,
     num_samples: int = 1,
     max_batch: int = DEFAULT_MAX_BATCH,
+    progress: bool | None = False,
 ) -> torch.Tensor:
     """All log importance weights log p(x, z_k) - log q(z_k | x), shaped ``[num_samples, N]``."""
     columns: list[list[torch.Tensor]] = []
     last_start = None
-    for rows, log_w in iter_log_weights(model, guide, x, y, num_samples, max_batch):
+    for rows, log_w in iter_log_weights(model, guide, x, y, num_samples, max_batch, progress):
         if rows.start != last_start:
             columns.append([])
             last_start = rows.start
@@ -176,6 +183,7 @@ def elbo(
     y: torch.Tensor | None = None,
     num_samples: int = 1,
     max_batch: int = DEFAULT_MAX_BATCH,
+    progress: bool | None = False,
 ) -> torch.Tensor:
     """Monte Carlo ELBO of every datum, in nats, shaped ``[N]``.
 
@@ -184,9 +192,11 @@ def elbo(
     :param ~torch.Tensor x: data, ``[N, *event_shape]``.
     :param y: optional labels passed to model and guide.
     :param int num_samples: particles per datum.
+    :param int max_batch: the most (particle, datum) pairs evaluated at once; bounds memory.
+    :param progress: show a progress bar (``None``: only on a terminal).
     """
     total = torch.zeros(x.shape[0], dtype=_score_dtype(x), device=x.device)
-    for rows, log_w in iter_log_weights(model, guide, x, y, num_samples, max_batch):
+    for rows, log_w in iter_log_weights(model, guide, x, y, num_samples, max_batch, progress):
         total[rows] += log_w.sum(0)
     return total / num_samples
 
@@ -198,6 +208,7 @@ def log_likelihood(
     y: torch.Tensor | None = None,
     num_samples: int = 1000,
     max_batch: int = DEFAULT_MAX_BATCH,
+    progress: bool | None = False,
 ) -> torch.Tensor:
     """Importance-sampled estimate of log p(x) for every datum, in nats, shaped ``[N]``,
     with the guide as proposal (Burda et al. 2016).
@@ -205,6 +216,6 @@ def log_likelihood(
     Same arguments as :func:`elbo`; ``num_samples`` is K.
     """
     running = torch.full((x.shape[0],), -math.inf, dtype=_score_dtype(x), device=x.device)
-    for rows, log_w in iter_log_weights(model, guide, x, y, num_samples, max_batch):
+    for rows, log_w in iter_log_weights(model, guide, x, y, num_samples, max_batch, progress):
         running[rows] = torch.logaddexp(running[rows], log_w.logsumexp(0))
     return running - math.log(num_samples)

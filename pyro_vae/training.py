@@ -23,10 +23,10 @@ from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from pyro_vae.device import resolve_device
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
+from pyro_vae.progress import progress_bar
 from pyro_vae.scoring import elbo
 
 LOSSES: dict[str, type] = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "jit": JitTrace_ELBO}
@@ -263,7 +263,7 @@ def fit(
     history = History()
     best = (-math.inf, None)
     steps_per_epoch = math.ceil(size / batch_size)
-    bar = tqdm(range(1, epochs + 1), desc="training", unit="epoch", disable=_hide_progress(progress))
+    bar = progress_bar(range(1, epochs + 1), desc="training", unit="epoch", show=progress)
     for epoch in bar:
         start = time.perf_counter()
         total = 0.0
@@ -294,10 +294,6 @@ def fit(
             for parameter, saved in zip(_trained_parameters(svi), best[1], strict=True):
                 parameter.copy_(saved)
     return history
-
-
-def _hide_progress(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
 
 
 def _to_device(data: Data | None, device: torch.device) -> Data | None:

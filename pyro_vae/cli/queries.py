@@ -40,10 +40,8 @@ def evaluate(args: argparse.Namespace) -> int:
         results[key] = values.mean().item()
         results[f"{key}_stderr"] = (values.std().item() / math.sqrt(len(values))) if len(values) > 1 else 0.0
     print(f"{spec} {args.split} ({len(rows)} data), nats per datum:")
-    print(f"  ELBO                 {results['elbo']:.3f} ± {results['elbo_stderr']:.3f}")
-    print(
-        f"  log p(x), K={args.num_samples:<6d} {results['log_likelihood']:.3f} ± {results['log_likelihood_stderr']:.3f}"
-    )
+    for label, key in (("ELBO", "elbo"), (f"log p(x), K={args.num_samples}", "log_likelihood")):
+        print(f"  {label:<20s} {results[key]:10.3f} ± {results[key + '_stderr']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")

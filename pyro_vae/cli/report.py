@@ -15,10 +15,10 @@ TOP = 10
 
 
 def score_table(
-    model, guide, x: torch.Tensor, labels: torch.Tensor | None, num_samples: int
+    model, guide, x: torch.Tensor, labels: torch.Tensor | None, num_samples: int, progress: bool | None = None
 ) -> list[dict[str, float | int | str]]:
     """Per-datum ELBO and importance-sampled log p(x), most novel (lowest log p(x)) first."""
-    log_px = log_likelihood(model, guide, x, num_samples=num_samples).cpu().numpy()
+    log_px = log_likelihood(model, guide, x, num_samples=num_samples, progress=progress).cpu().numpy()
     elbos = elbo(model, guide, x, num_samples=1).cpu().numpy()
     order = np.argsort(log_px, kind="stable")
     return [

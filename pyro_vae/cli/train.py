@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
         device=str(device),
         seed=args.seed,
-        progress=None if not args.quiet else False,
+        progress=False if args.quiet else None,
     )
     config["training"] = {
         key: getattr(args, key)
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
     start = time.perf_counter()
-    rows = score_table(model, guide, test_x, data.test_y, args.score_samples)
+    rows = score_table(model, guide, test_x, data.test_y, args.score_samples, False if args.quiet else None)
     metrics = {
         "test_elbo": sum(row["elbo"] for row in rows) / len(rows),
         "test_log_likelihood": sum(row["log_likelihood"] for row in rows) / len(rows),
