@@ -7,11 +7,11 @@ import pickle
 import pyro
 import pytest
 import torch
-from pyro_vae.guides import AmortizedNormal
-from pyro_vae.models import VAE
 
 import pyro_vae
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.guides import AmortizedNormal
+from pyro_vae.models import VAE
 from pyro_vae.preprocessing import Preprocessor
 
 

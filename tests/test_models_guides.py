@@ -6,10 +6,10 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro_vae.guides import AmortizedDelta, AmortizedNormal
-from pyro_vae.models import VAE
 
 import pyro_vae
+from pyro_vae.guides import AmortizedDelta, AmortizedNormal
+from pyro_vae.models import VAE
 
 
 def test_model_follows_the_convention_and_generates():

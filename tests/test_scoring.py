@@ -12,9 +12,9 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro_vae.guides import AmortizedNormal
 
 import pyro_vae
+from pyro_vae.guides import AmortizedNormal
 from pyro_vae.scoring import log_weights
 
 DATA_DIM, LATENT_DIM, SIGMA = 5, 2, 0.5

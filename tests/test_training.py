@@ -12,14 +12,14 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.nn import PyroModule
-from pyro_vae.guides import AmortizedNormal
-from pyro_vae.models import VAE
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import pyro_vae
+from pyro_vae.guides import AmortizedNormal
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted
 from pyro_vae.likelihoods import get_likelihood
+from pyro_vae.models import VAE
 
 LATENT = 10
 HIDDEN = (256, 128)
