@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 SPLIT_SEED = 0
-IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist", "frey")
+NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "frey")
 
 
 @dataclass
@@ -224,4 +224,4 @@ def load_dataset(spec: str, data_dir: str | Path | None = None, download: bool =
         return load_idx_dataset(spec, folder, download)
     if spec == "frey":
         return load_frey(folder)
-    raise ValueError(f"unknown data set {spec!r}; use one of {', '.join(IMAGE_DATASETS)}, npz:PATH or csv:PATH")
+    raise ValueError(f"unknown data set {spec!r}; use one of {', '.join(NAMED_DATASETS)}, npz:PATH or csv:PATH")

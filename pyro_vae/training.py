@@ -119,11 +119,11 @@ def _as_tensors(data: Data) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _batches(
-    data: Data, batch_size: int, generator: torch.Generator
+    data: Data, batch_size: int, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     if isinstance(data, Dataset):
         for batch in DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator):
-            yield (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+            yield _to_device((batch[0], batch[1]) if isinstance(batch, (tuple, list)) else batch, device)
         return
     x, y = _unpack(data)
     order = torch.randperm(len(x), generator=generator)
@@ -247,7 +247,7 @@ def fit(
         if isinstance(part, nn.Module):
             part.to(torch_device)
     train_data, val_data = split_data(data, validation, seed or 0)
-    train_data, val_data = _to_device(train_data, torch_device), _to_device(val_data, torch_device)
+    train_data = _to_device(train_data, torch_device)
     size = _num_data(train_data)
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
 
@@ -259,7 +259,7 @@ def fit(
         _make_optimizer(optimizer, lr, clip_norm),
         _make_loss(loss, num_particles, vectorize_particles),
     )
-    x_val, y_val = _as_tensors(val_data) if val_data is not None else (None, None)
+    x_val, y_val = _to_device(_as_tensors(val_data), torch_device) if val_data is not None else (None, None)
     history = History()
     best = (-math.inf, None)
     steps_per_epoch = math.ceil(size / batch_size)
@@ -267,7 +267,7 @@ def fit(
     for epoch in bar:
         start = time.perf_counter()
         total = 0.0
-        for step, (x, y) in enumerate(_batches(train_data, batch_size, generator)):
+        for step, (x, y) in enumerate(_batches(train_data, batch_size, generator, torch_device)):
             if epoch == 1 and step == 0:
                 _evict_stale_params(model, guide, x, y, size)
             kl_handler.weight = linear_warmup(epoch - 1 + step / steps_per_epoch, beta, warmup_epochs)
@@ -296,8 +296,9 @@ def fit(
     return history
 
 
-def _to_device(data: Data | None, device: torch.device) -> Data | None:
-    if data is None or isinstance(data, Dataset):
+def _to_device(data: Data, device: torch.device) -> Data:
+    """Tensors move to ``device``; a ``Dataset`` stays where it is (its batches are moved)."""
+    if isinstance(data, Dataset):
         return data
     x, y = _unpack(data)
     return x.to(device), None if y is None else y.to(device)
