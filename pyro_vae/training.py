@@ -132,6 +132,13 @@ def _batches(
         yield x[index], None if y is None else y[index]
 
 
+def _first_batch(data: Data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(data, Dataset):
+        return _to_device(_as_tensors(torch.utils.data.Subset(data, range(min(batch_size, len(data))))), device)
+    x, y = _unpack(data)
+    return x[:batch_size], None if y is None else y[:batch_size]
+
+
 def _make_optimizer(name: str, lr: float, clip_norm: float | None) -> pyro.optim.PyroOptim:
     if name == "adam":
         return pyro.optim.Adam({"lr": lr}, clip_args={"clip_norm": clip_norm} if clip_norm else None)
@@ -249,7 +256,7 @@ def fit(
     train_data, val_data = split_data(data, validation, seed or 0)
     train_data = _to_device(train_data, torch_device)
     size = _num_data(train_data)
-    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
 
     kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
     weighted = beta != 1.0 or warmup_epochs > 0
@@ -261,39 +268,78 @@ def fit(
     )
     x_val, y_val = _to_device(_as_tensors(val_data), torch_device) if val_data is not None else (None, None)
     history = History()
-    best = (-math.inf, None)
-    steps_per_epoch = math.ceil(size / batch_size)
+    best = _BestEpoch(keep_parameters=patience is not None)
+    _evict_stale_params(model, guide, *_first_batch(train_data, batch_size, torch_device), size)
     bar = progress_bar(range(1, epochs + 1), desc="training", unit="epoch", show=progress)
     for epoch in bar:
         start = time.perf_counter()
-        total = 0.0
-        for step, (x, y) in enumerate(_batches(train_data, batch_size, generator, torch_device)):
-            if epoch == 1 and step == 0:
-                _evict_stale_params(model, guide, x, y, size)
-            kl_handler.weight = linear_warmup(epoch - 1 + step / steps_per_epoch, beta, warmup_epochs)
-            step_loss = svi.step(x, y=y, size=size)
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(
-                    f"the loss became {step_loss} at epoch {epoch}, step {step + 1}; "
-                    "try a lower learning rate, gradient clipping (clip_norm) or KL warm-up"
-                )
-            total += step_loss
-        train_elbo = -total / (size * steps_per_epoch)
+        batches = _batches(train_data, batch_size, generator, torch_device)
+        schedule = _KLSchedule(kl_handler, beta, warmup_epochs, epoch, math.ceil(size / batch_size))
+        train_elbo = _train_epoch(svi, batches, size, schedule)
         val_elbo = elbo(model, guide, x_val, y_val).mean().item() if x_val is not None else math.nan
         history.append(epoch, train_elbo, val_elbo, kl_handler.weight, time.perf_counter() - start)
         bar.set_postfix(train_elbo=f"{train_elbo:.3f}", val_elbo=f"{val_elbo:.3f}")
-        if val_elbo > best[0]:
-            keep = patience is not None
-            best = (val_elbo, [p.detach().clone() for p in _trained_parameters(svi)] if keep else None)
+        if best.update(epoch, val_elbo, _trained_parameters(svi)):
             history.best_epoch = epoch
         elif patience is not None and history.best_epoch is not None and epoch - history.best_epoch >= patience:
             history.stopped_early = True
             break
-    if best[1] is not None:
-        with torch.no_grad():
-            for parameter, saved in zip(_trained_parameters(svi), best[1], strict=True):
-                parameter.copy_(saved)
+    best.restore(_trained_parameters(svi))
     return history
+
+
+@dataclass
+class _KLSchedule:
+    """Sets the KL weight for each step of one epoch (linear warm-up, then constant β)."""
+
+    handler: KLWeightMessenger
+    beta: float
+    warmup_epochs: float
+    epoch: int
+    steps_per_epoch: int
+
+    def set(self, step: int) -> None:
+        progress = self.epoch - 1 + step / self.steps_per_epoch
+        self.handler.weight = linear_warmup(progress, self.beta, self.warmup_epochs)
+
+
+def _train_epoch(svi: SVI, batches: Iterator, size: int, schedule: _KLSchedule) -> float:
+    """One pass of SVI steps; returns the mean training objective per datum."""
+    total, steps = 0.0, 0
+    for step, (x, y) in enumerate(batches):
+        schedule.set(step)
+        step_loss = svi.step(x, y=y, size=size)
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(
+                f"the loss became {step_loss} at epoch {schedule.epoch}, step {step + 1}; "
+                "try a lower learning rate, gradient clipping (clip_norm) or KL warm-up"
+            )
+        total, steps = total + step_loss, steps + 1
+    return -total / (size * steps)
+
+
+class _BestEpoch:
+    """The best validation ELBO so far and, for early stopping, a copy of the parameters then."""
+
+    def __init__(self, keep_parameters: bool) -> None:
+        self.keep_parameters = keep_parameters
+        self.val_elbo = -math.inf
+        self.parameters: list[torch.Tensor] | None = None
+
+    def update(self, epoch: int, val_elbo: float, parameters: list[torch.Tensor]) -> bool:
+        if not val_elbo > self.val_elbo:
+            return False
+        self.val_elbo = val_elbo
+        if self.keep_parameters:
+            self.parameters = [p.detach().clone() for p in parameters]
+        return True
+
+    def restore(self, parameters: list[torch.Tensor]) -> None:
+        if self.parameters is None:
+            return
+        with torch.no_grad():
+            for parameter, saved in zip(parameters, self.parameters, strict=True):
+                parameter.copy_(saved)
 
 
 def _to_device(data: Data, device: torch.device) -> Data:
