@@ -9,8 +9,9 @@ Families:
 
 - ``bernoulli``: binary data, decoder gives logits.
 - ``continuous-bernoulli``: grey values in [0, 1], a proper density (Loaiza-Ganem & Cunningham 2019).
-- ``gaussian``: N(f(z), c² I) with a fixed scale ``c``; ``c`` trades reconstruction against the KL
-  term (the Gaussian case of Kingma & Welling 2014, appendix C.2).
+- ``gaussian``: N(f(z), σ² I) with a fixed standard deviation σ (``scale``): the N(f(z), cI) of the
+  textbook derivation with c = σ². Its log-density is -‖x - f(z)‖² / (2c) + const, so c weighs the
+  reconstruction error against the KL term (Kingma & Welling 2014, appendix C.2).
 - ``gaussian-learned``: the decoder also gives a per-value scale, softplus plus a floor.
 - ``student-t``: robust heavy-tailed location-scale family with fixed degrees of freedom.
 """
@@ -79,7 +80,7 @@ class ContinuousBernoulli(Likelihood):
 
 
 class Gaussian(Likelihood):
-    """N(f(z), scale² I) with a fixed ``scale`` (the knob c)."""
+    """N(f(z), scale² I) with a fixed standard deviation ``scale`` (c = scale²)."""
 
     name = "gaussian"
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pyro
 import pytest
 import torch
 
+import pyro_vae
+from pyro_vae.guides import AmortizedNormal
 from pyro_vae.likelihoods import LIKELIHOODS, get_likelihood
+from pyro_vae.models import VAE
 
 
 @pytest.mark.parametrize("name", sorted(LIKELIHOODS))
@@ -51,3 +55,18 @@ def test_support_checks_name_the_problem():
     get_likelihood("continuous-bernoulli", 1).check_support(torch.tensor([[0.0, 0.3, 1.0]]))
     with pytest.raises(ValueError, match="unknown likelihood"):
         get_likelihood("poisson", 1)
+
+
+def test_smaller_gaussian_scale_buys_sharper_reconstructions(digits):
+    """c weighs the reconstruction term against the KL term: a small c gives reconstructions
+    closer to the data, a large one lets the posterior collapse towards the prior."""
+    errors = {}
+    for scale in (0.05, 1.0):
+        pyro.set_rng_seed(0)
+        model = VAE.build((1, 8, 8), 8, (128,), "mlp", "gaussian", scale=scale)
+        guide = AmortizedNormal.build((1, 8, 8), 8, (128,))
+        pyro_vae.fit(model, guide, digits.train_x, epochs=15, validation=None, progress=False)
+        with torch.no_grad():
+            reconstruction = model.decode(guide.posterior(digits.test_x).mean)
+        errors[scale] = (reconstruction - digits.test_x).pow(2).mean().item()
+    assert errors[0.05] < 0.5 * errors[1.0]

@@ -46,7 +46,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         choices=["auto", *LIKELIHOODS],
         help="p(x|z); auto: bernoulli for binary data, continuous-bernoulli for images, gaussian-learned for tables",
     )
-    parser.add_argument("--gaussian-scale", type=float, default=0.1, help="the fixed scale c of --likelihood gaussian")
+    parser.add_argument(
+        "--gaussian-scale",
+        type=float,
+        default=0.1,
+        help="standard deviation σ of --likelihood gaussian, N(f(z), cI) with c = σ²",
+    )
     parser.add_argument("--student-df", type=float, default=4.0, help="degrees of freedom of --likelihood student-t")
     parser.add_argument("--arch", default="mlp", choices=ARCHITECTURES, help="encoder/decoder networks")
     parser.add_argument("--guide", default="normal", choices=["normal", "delta"], help="delta: plain autoencoder")
