@@ -41,7 +41,14 @@ class Checkpoint:
 
 
 def _state(part: nn.Module | None) -> dict:
-    return {} if part is None else part.state_dict()
+    if part is None:
+        return {}
+    if not isinstance(part, nn.Module):
+        raise TypeError(
+            f"save_checkpoint stores nn.Module parameters, not a {type(part).__name__}; for a model or guide "
+            "written as a function, pass the nn.Module that holds its networks (e.g. an nn.ModuleDict)"
+        )
+    return part.state_dict()
 
 
 def save_checkpoint(

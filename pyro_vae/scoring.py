@@ -15,8 +15,9 @@ The second estimate is a lower bound in expectation that tightens as K grows (Bu
 "Importance Weighted Autoencoders"). The K particles are vectorized with an outer
 ``pyro.plate`` (as ``vectorize_particles`` does) and the work is split into chunks of at most
 ``max_batch`` (particle, datum) pairs, so memory stays bounded for any K and any data size.
-Model and guide are called with ``size`` equal to the number of data in the chunk, so the plate's
-minibatch scale is 1 and never enters a score.
+Model and guide are called with ``size`` equal to the number of data in the chunk, and the
+log-densities are taken unscaled, so neither minibatch scaling nor any ``poutine.scale`` used for
+training (a KL weight, say) enters a score.
 
 The convention: ``model(x, y=None, size=None)`` and ``guide(x, y=None, size=None)`` put every
 per-datum sample site inside ``pyro.plate("data", size, subsample=x)``; the model observes ``"x"``.
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.progress import progress_bar
@@ -119,7 +121,10 @@ def _log_weights_chunk(
         for site in trace.nodes.values():
             if site["type"] != "sample" or site["infer"].get("is_auxiliary"):
                 continue
-            log_w = log_w + sign * _per_datum(site["log_prob"], particle_dim, _data_dim(site), shape)
+            # Unscaled: a score is the model's own density, whatever poutine.scale (a β, a 1/N, a
+            # hard-coded plate size) the model or guide applies for training.
+            log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+            log_w = log_w + sign * _per_datum(log_prob, particle_dim, _data_dim(site), shape)
     return log_w
 
 
@@ -212,6 +217,9 @@ def log_likelihood(
 ) -> torch.Tensor:
     """Importance-sampled estimate of log p(x) for every datum, in nats, shaped ``[N]``,
     with the guide as proposal (Burda et al. 2016).
+
+    The guide must put mass wherever the posterior does: with a point-mass guide (a Delta
+    distribution) every weight is log p(x, ẑ), which is not an estimate of log p(x).
 
     Same arguments as :func:`elbo`; ``num_samples`` is K.
     """

@@ -110,12 +110,18 @@ def _num_data(data: Data) -> int:
     return len(data) if isinstance(data, Dataset) else len(_unpack(data)[0])
 
 
+def _collated(batch: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A collated ``Dataset`` batch: ``x``, ``(x,)`` or ``(x, y)``."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1] if len(batch) > 1 else None
+    return batch, None
+
+
 def _as_tensors(data: Data) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Collate a whole data set (used for validation scoring)."""
     if not isinstance(data, Dataset):
         return _unpack(data)
-    batch = next(iter(DataLoader(data, batch_size=len(data))))
-    return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+    return _collated(next(iter(DataLoader(data, batch_size=len(data)))))
 
 
 def _batches(
@@ -123,7 +129,7 @@ def _batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     if isinstance(data, Dataset):
         for batch in DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator):
-            yield _to_device((batch[0], batch[1]) if isinstance(batch, (tuple, list)) else batch, device)
+            yield _to_device(_collated(batch), device)
         return
     x, y = _unpack(data)
     order = torch.randperm(len(x), generator=generator)
@@ -254,6 +260,8 @@ def fit(
         if isinstance(part, nn.Module):
             part.to(torch_device)
     train_data, val_data = split_data(data, validation, seed or 0)
+    if patience is not None and val_data is None:
+        raise ValueError("early stopping (patience) needs validation data; pass validation=0.1 or your own data")
     train_data = _to_device(train_data, torch_device)
     size = _num_data(train_data)
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))

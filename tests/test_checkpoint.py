@@ -59,6 +59,15 @@ def test_an_untrained_pair_scores_differently(trained):
     assert not torch.equal(before, untrained)
 
 
+def test_function_models_must_pass_their_modules(tmp_path):
+    def model(x, y=None, size=None):
+        pass
+
+    with pytest.raises(TypeError, match=r"pass the nn\.Module"):
+        save_checkpoint(tmp_path / "c.pt", model, None)
+    assert not (tmp_path / "c.pt").exists()
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint(tmp_path / "nothing.pt")

@@ -45,8 +45,20 @@ def test_help_of_every_command(command):
     result = pyro_vae(command, "--help")
     assert result.returncode == 0
     assert "usage: pyro-vae " + command in result.stdout
+    assert "(default: None)" not in result.stdout
     if command != "train":
         assert "run directory" in result.stdout
+
+
+def test_train_help_documents_every_option_with_its_default():
+    from pyro_vae.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    for action in train._actions:
+        assert action.help, f"{action.option_strings} has no help"
+    text = pyro_vae("train", "--help").stdout
+    for default in ("--epochs EPOCHS", "passes over the training data (default: 50)", "(default: 128)"):
+        assert default in " ".join(text.split()), default
 
 
 def test_train_writes_the_whole_run(run_dir):

@@ -12,6 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 
 import pyro_vae
 from pyro_vae.guides import AmortizedNormal
@@ -112,6 +113,34 @@ def test_scores_ignore_minibatch_scaling(ppca):
         [pyro_vae.log_likelihood(ppca.model, ppca.exact_guide, x[i : i + 1], num_samples=5) for i in range(8)]
     )
     assert torch.allclose(together, alone, atol=1e-6)
+
+
+def test_scores_ignore_training_scales(ppca):
+    """A KL weight applied with poutine.scale, a 1/N scaled model or a plate with a hard-coded
+    size train differently, but the model's density, and so every score, is the same."""
+
+    def fixed_size_model(x, y=None, size=None):
+        ppca.model(x, y, size=1000)
+
+    def fixed_size_guide(x, y=None, size=None):
+        ppca.exact_guide(x, y, size=1000)
+
+    def beta_model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            with poutine.scale(scale=4.0):
+                z = pyro.sample("z", dist.Normal(torch.zeros_like(ppca.b[:LATENT_DIM]), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ ppca.W.T + ppca.b, SIGMA).to_event(1), obs=x)
+
+    x = ppca.sample(6, seed=8)
+    exact = ppca.log_px(x)
+    pairs = {
+        "hard-coded plate size": (fixed_size_model, fixed_size_guide),
+        "poutine.scale 1/N": (poutine.scale(ppca.model, 1e-3), poutine.scale(ppca.exact_guide, 1e-3)),
+        "beta on the latent site": (beta_model, ppca.exact_guide),
+    }
+    for name, (model, guide) in pairs.items():
+        estimate = pyro_vae.log_likelihood(model, guide, x, num_samples=5)
+        assert torch.allclose(estimate, exact, atol=1e-3), name
 
 
 def test_site_outside_the_data_plate_is_refused():

@@ -156,7 +156,7 @@ def test_plain_function_model_with_pyro_module_trains():
     assert history.val_elbo[-1] > history.val_elbo[0] + 10.0
 
 
-@pytest.mark.parametrize("form", ["tensor", "pair", "dataset"])
+@pytest.mark.parametrize("form", ["tensor", "pair", "dataset", "dataset-without-labels"])
 def test_data_forms_and_labels_reach_the_model(form):
     seen_labels = []
 
@@ -166,13 +166,18 @@ def test_data_forms_and_labels_reach_the_model(form):
             return super().forward(x, y, size)
 
     x, y = (torch.rand(200, 6) > 0.5).float(), torch.arange(200) % 3
-    data = {"tensor": x, "pair": (x, y), "dataset": TensorDataset(x, y)}[form]
+    data = {
+        "tensor": x,
+        "pair": (x, y),
+        "dataset": TensorDataset(x, y),
+        "dataset-without-labels": TensorDataset(x),
+    }[form]
     model = LabelledVAE.build((6,), 2, (16,), "mlp", "bernoulli")
     guide = AmortizedNormal.build((6,), 2, (16,))
     history = pyro_vae.fit(model, guide, data, epochs=2, batch_size=50, progress=False)
     assert len(history.epoch) == 2
     labels = [labels for labels in seen_labels if labels is not None]
-    if form == "tensor":
+    if form in ("tensor", "dataset-without-labels"):
         assert not labels
     else:
         assert labels and all(len(labels) <= 50 and labels.max() <= 2 for labels in labels)
@@ -207,7 +212,17 @@ def test_warmup_raises_beta_linearly(digits):
 
 
 @pytest.mark.parametrize("loss,particles,vectorize", [("meanfield", 1, False), ("trace", 4, True), ("jit", 1, False)])
-def test_other_losses_train(digits, loss, particles, vectorize):
+def test_other_losses_train(digits, monkeypatch, loss, particles, vectorize):
+    """The requested ELBO class is used, with the requested particles, and it trains."""
+    used = []
+    elbo_class = pyro_vae.training.LOSSES[loss]
+
+    class Spy(elbo_class):
+        def loss_and_grads(self, *args, **kwargs):
+            used.append((elbo_class, self.num_particles, self.vectorize_particles))
+            return super().loss_and_grads(*args, **kwargs)
+
+    monkeypatch.setitem(pyro_vae.training.LOSSES, loss, Spy)
     model, guide = stock_pair()
     history = pyro_vae.fit(
         model,
@@ -220,6 +235,7 @@ def test_other_losses_train(digits, loss, particles, vectorize):
         progress=False,
     )
     assert history.val_elbo[-1] > history.val_elbo[0] + 5.0
+    assert set(used) == {(elbo_class, particles, vectorize)}
 
 
 def test_early_stopping_restores_the_best_epoch(digits):
@@ -281,7 +297,12 @@ def test_bad_arguments_are_named():
         pyro_vae.fit(model, guide, x, validation=1.5, progress=False)
     with pytest.raises(TypeError, match="data must be"):
         pyro_vae.fit(model, guide, [x, x, x], progress=False)
-    with pytest.raises(ValueError, match="cuda"):
-        if torch.cuda.is_available():
-            raise ValueError("cuda is available here; nothing to check")
-        pyro_vae.fit(model, guide, x, device="cuda", progress=False)
+    with pytest.raises(ValueError, match="needs validation data"):
+        pyro_vae.fit(model, guide, x, validation=None, patience=3, progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
+    model, guide = stock_pair((6,), "bernoulli")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        pyro_vae.fit(model, guide, torch.zeros(10, 6), device="cuda", progress=False)

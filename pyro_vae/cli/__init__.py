@@ -18,6 +18,15 @@ from pyro_vae.training import LOSSES
 DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, npz:PATH or csv:PATH"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, but not the uninformative ``None`` and ``False`` ones."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
@@ -35,7 +44,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         description="Train a stock VAE by SVI and write checkpoint.pt, config.json, history.csv, metrics.json, "
         "elbo.png, samples.png and reconstructions.png (images), and a novelty report of the test data "
         "(novelty.csv, most novel first; novelty_histogram.png; novelty_top10.png for images).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--dataset", default="digits", help=DATASETS_HELP)
     parser.add_argument("--data-dir", help="folder of the data files (default: data/<dataset>)")
@@ -62,8 +71,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="encoder layer widths (mlp) or channels (conv), e.g. 512,256; the decoder mirrors them "
         "(default: 256,128 for small inputs, 512,256 otherwise; 32,64 for conv)",
     )
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=50, help="passes over the training data")
+    parser.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
     parser.add_argument("--loss", default="trace", choices=sorted(LOSSES), help="Pyro ELBO implementation")
@@ -74,7 +83,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--patience", type=int, help="early stopping: epochs without validation improvement")
     parser.add_argument("--score-samples", type=int, default=1000, help="K for the test log p(x) and novelty report")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights, minibatches and sampling")
     parser.add_argument("--out", help="run directory (default: runs/<dataset>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -84,9 +93,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 def _add_run_command(
     commands: argparse._SubParsersAction, name: str, help_text: str, handler
 ) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
-        name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
     parser.add_argument("run", help="run directory written by 'pyro-vae train', or its checkpoint.pt")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     parser.set_defaults(command=handler)
@@ -115,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = _add_run_command(commands, "sample", "draw samples from the model as a PNG grid", queries.sample)
     sample.add_argument("--num", type=int, default=64, help="number of samples")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="seeds the latent draws")
     sample.add_argument("--out", help="PNG path (default: RUN/samples.png)")
 
     reconstruct = _add_run_command(

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import plots
-from pyro_vae.cli.report import novelty_report, score_table
+from pyro_vae.cli.report import novelty_report, score_name, score_table
 from pyro_vae.cli.stock import Run, load_run
 from pyro_vae.data import load_dataset
 
@@ -40,7 +40,7 @@ def evaluate(args: argparse.Namespace) -> int:
         results[key] = values.mean().item()
         results[f"{key}_stderr"] = (values.std().item() / math.sqrt(len(values))) if len(values) > 1 else 0.0
     print(f"{spec} {args.split} ({len(rows)} data), nats per datum:")
-    for label, key in (("ELBO", "elbo"), (f"log p(x), K={args.num_samples}", "log_likelihood")):
+    for label, key in (("ELBO", "elbo"), (f"{score_name(run.config)}, K={args.num_samples}", "log_likelihood")):
         print(f"  {label:<20s} {results[key]:10.3f} ± {results[key + '_stderr']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -54,10 +54,11 @@ def score(args: argparse.Namespace) -> int:
     rows = score_table(run.model, run.guide, x, labels, args.num_samples)
     out = Path(args.out) if args.out else run.directory
     out.mkdir(parents=True, exist_ok=True)
-    written = novelty_report(rows, x, out, f"{spec} {args.split}", stem=args.stem)
-    print(f"most novel of {len(rows)} {spec} {args.split} data (lowest log p(x), nats):")
+    score = score_name(run.config)
+    written = novelty_report(rows, x, out, f"{spec} {args.split}", score, stem=args.stem)
+    print(f"most novel of {len(rows)} {spec} {args.split} data (lowest {score}, nats):")
     for row in rows[:5]:
-        print(f"  #{row['index']:<6d} label {row['label']!s:>3}  log p(x) {row['log_likelihood']:10.3f}")
+        print(f"  #{row['index']:<6d} label {row['label']!s:>3}  {score} {row['log_likelihood']:10.3f}")
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
 

@@ -14,6 +14,12 @@ from pyro_vae.scoring import elbo, log_likelihood
 TOP = 10
 
 
+def score_name(config: dict) -> str:
+    """What the importance-sampled score is: log p(x), or with a point-mass (delta) guide only
+    log p(x, ẑ) at the encoded ẑ."""
+    return "log p(x, ẑ)" if config.get("guide") == "delta" else "log p(x)"
+
+
 def score_table(
     model, guide, x: torch.Tensor, labels: torch.Tensor | None, num_samples: int, progress: bool | None = None
 ) -> list[dict[str, float | int | str]]:
@@ -41,14 +47,20 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def novelty_report(rows: list[dict], x: torch.Tensor, out: Path, name: str, stem: str = "novelty") -> list[Path]:
+def novelty_report(
+    rows: list[dict], x: torch.Tensor, out: Path, name: str, score: str = "log p(x)", stem: str = "novelty"
+) -> list[Path]:
     """Write ``<stem>.csv`` (every datum, most novel first), a histogram of the scores with the
     ten most novel marked, and for images a grid of those ten with their scores."""
     scores = np.array([row["log_likelihood"] for row in rows])
     written = [write_csv(rows, out / f"{stem}.csv")]
     written.append(
         plots.score_histogram(
-            scores, out / f"{stem}_histogram.png", f"{name}: importance-sampled log p(x)", marked=scores[:TOP]
+            scores,
+            out / f"{stem}_histogram.png",
+            f"{name}: importance-sampled {score}",
+            marked=scores[:TOP],
+            label=score,
         )
     )
     if x.dim() == 4:
@@ -61,7 +73,7 @@ def novelty_report(rows: list[dict], x: torch.Tensor, out: Path, name: str, stem
             plots.image_grid(
                 x[[row["index"] for row in top]].cpu(),
                 out / f"{stem}_top{TOP}.png",
-                f"{name}: the {len(top)} most novel (index (label), log p(x) in nats)",
+                f"{name}: the {len(top)} most novel (index (label), {score} in nats)",
                 columns=5,
                 captions=captions,
             )

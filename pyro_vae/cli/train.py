@@ -12,7 +12,7 @@ import torch
 
 from pyro_vae import plots
 from pyro_vae.checkpoint import save_checkpoint
-from pyro_vae.cli.report import novelty_report, score_table
+from pyro_vae.cli.report import novelty_report, score_name, score_table
 from pyro_vae.cli.stock import CHECKPOINT_NAME, build_pair
 from pyro_vae.data import DataSplits, load_dataset
 from pyro_vae.device import resolve_device
@@ -150,9 +150,9 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     written.append(out / "metrics.json")
-    written += novelty_report(rows, test_x, out, f"{args.dataset} test data")
+    written += novelty_report(rows, test_x, out, f"{args.dataset} test data", score_name(config))
     print(
-        f"test ELBO {metrics['test_elbo']:.3f} nats/datum, importance-sampled log p(x) "
+        f"test ELBO {metrics['test_elbo']:.3f} nats/datum, importance-sampled {score_name(config)} "
         f"{metrics['test_log_likelihood']:.3f} nats/datum (K={args.score_samples}); "
         f"trained in {history.wall_time:.1f} s"
     )
