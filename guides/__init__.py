@@ -1,5 +1,6 @@
 """Stock amortized guides q(z | x); imported as ``pyro_vae.guides``."""
 
 from pyro_vae.guides.amortized import AmortizedDelta, AmortizedNormal
+from pyro_vae.guides.conditional import ConditionalNormal
 
-__all__ = ["AmortizedDelta", "AmortizedNormal"]
+__all__ = ["AmortizedDelta", "AmortizedNormal", "ConditionalNormal"]

@@ -1,5 +1,6 @@
 """Stock Pyro models p(z) p(x | z); imported as ``pyro_vae.models``."""
 
+from pyro_vae.models.cvae import ConditionalVAE
 from pyro_vae.models.vae import VAE
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "ConditionalVAE"]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 SPLIT_SEED = 0
+MISSING_LABEL = -1  # marks an unlabelled datum in a label tensor
 NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "frey")
 
 
@@ -225,3 +226,15 @@ def load_dataset(spec: str, data_dir: str | Path | None = None, download: bool =
     if spec == "frey":
         return load_frey(folder)
     raise ValueError(f"unknown data set {spec!r}; use one of {', '.join(NAMED_DATASETS)}, npz:PATH or csv:PATH")
+
+
+def hide_labels(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Keep ``per_class`` labels of every class (chosen with ``seed``) and mark the rest missing
+    (:data:`MISSING_LABEL`), for semi-supervised training."""
+    generator = torch.Generator().manual_seed(seed)
+    kept = torch.full_like(labels, MISSING_LABEL)
+    for label in labels.unique():
+        members = (labels == label).nonzero().squeeze(1)
+        chosen = members[torch.randperm(len(members), generator=generator)[:per_class]]
+        kept[chosen] = label
+    return kept

@@ -195,3 +195,30 @@ def build_decoder(
     if arch == "conv":
         return ConvDecoder(latent_dim, mirrored, x_shape, params_per_value)
     return UnflattenMLP(latent_dim, mirrored, x_shape, params_per_value)
+
+
+class LabelEncoding(nn.Module):
+    """Class labels as vectors: one-hot, or a learned embedding of ``embedding_dim`` dimensions.
+
+    Works on any label shape, including the ``[classes, 1]`` tensors of enumerated labels.
+    """
+
+    def __init__(self, num_classes: int, embedding_dim: int | None = None) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"a label needs at least 2 classes, got {num_classes}")
+        self.num_classes = num_classes
+        self.embedding = None if embedding_dim is None else nn.Embedding(num_classes, embedding_dim)
+        self.dim = num_classes if embedding_dim is None else embedding_dim
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.embedding is not None:
+            return self.embedding(y.long())
+        return nn.functional.one_hot(y.long(), self.num_classes).to(torch.get_default_dtype())
+
+
+def concat_features(*parts: torch.Tensor) -> torch.Tensor:
+    """Concatenate feature vectors along the last dimension, broadcasting their batch dimensions
+    (a datum's features ``[B, F]`` with enumerated labels ``[C, 1, L]`` give ``[C, B, F + L]``)."""
+    batch_shape = torch.broadcast_shapes(*(part.shape[:-1] for part in parts))
+    return torch.cat([part.expand(*batch_shape, part.shape[-1]) for part in parts], dim=-1)

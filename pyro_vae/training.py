@@ -20,7 +20,7 @@ import pyro
 import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,7 +29,12 @@ from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.progress import progress_bar
 from pyro_vae.scoring import elbo
 
-LOSSES: dict[str, type] = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "jit": JitTrace_ELBO}
+LOSSES: dict[str, type] = {
+    "trace": Trace_ELBO,
+    "meanfield": TraceMeanField_ELBO,
+    "jit": JitTrace_ELBO,
+    "enum": TraceEnum_ELBO,
+}
 OPTIMIZERS = ("adam", "clipped-adam")
 COLUMNS = ("epoch", "train_elbo", "val_elbo", "kl_weight", "seconds")
 
@@ -231,8 +236,9 @@ def fit(
         and optional decay).
     :param clip_norm: clip each parameter's gradient to this norm (Pyro clips per parameter).
     :param str loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
-        (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL where available) or ``"jit"``
-        (:class:`~pyro.infer.JitTrace_ELBO`).
+        (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL where available), ``"jit"``
+        (:class:`~pyro.infer.JitTrace_ELBO`) or ``"enum"`` (:class:`~pyro.infer.TraceEnum_ELBO`:
+        discrete sites marked for enumeration are summed out exactly).
     :param int num_particles: ELBO particles per step.
     :param bool vectorize_particles: evaluate the particles in one vectorized pass.
     :param float beta: the KL weight β (Higgins et al. 2017), applied to every latent site of the
