@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import shared_data
 
-COMMANDS = ("train", "evaluate", "sample", "reconstruct", "score")
+COMMANDS = ("train", "evaluate", "sample", "reconstruct", "style", "score")
 
 
 def pyro_vae(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -148,3 +148,49 @@ def test_train_on_mnist_from_the_shared_idx_files(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     # One epoch of a Bernoulli VAE on binarized MNIST is far below the -543 nats of a coin flip per pixel.
     assert metrics["test_elbo"] > -200
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "semi"
+    result = pyro_vae(
+        "train", "--conditional", "--labels-per-class", "10", "--epochs", "3", "--score-samples", "3",
+        "--quiet", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_semi_supervised_training_reports_both_classifiers(conditional_run):
+    config = json.loads((conditional_run / "config.json").read_text())
+    assert config["conditional"] and config["labels_per_class"] == 10 and config["num_classes"] == 10
+    assert config["training"]["loss"] == "enum"
+    metrics = json.loads((conditional_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["classifier_accuracy"] <= 1.0
+    assert 0.0 <= metrics["generative_classifier_accuracy"] <= 1.0
+    with (conditional_run / "novelty.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert {"predicted", "log_likelihood_given_label", "label_posterior"} <= set(row)
+    assert (conditional_run / "style_transfer.png").exists()
+
+
+def test_class_conditional_commands(conditional_run, tmp_path):
+    drawn = pyro_vae("sample", str(conditional_run), "--class", "7", "--num", "9", "--out", str(tmp_path / "7.png"))
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "7.png").read_bytes()[:4] == b"\x89PNG"
+    bad = pyro_vae("sample", str(conditional_run), "--class", "12")
+    assert bad.returncode == 2 and "0..9" in bad.stderr
+    styled = pyro_vae("style", str(conditional_run), "--num", "4", "--out", str(tmp_path / "style.png"))
+    assert styled.returncode == 0, styled.stderr
+    evaluated = pyro_vae("evaluate", str(conditional_run), "--num-samples", "3")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "log p(x | label)" in evaluated.stdout and "generative classifier accuracy" in evaluated.stdout
+
+
+def test_conditional_options_need_labels(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n" + "\n".join(f"{i},{i % 3}" for i in range(30)))
+    result = pyro_vae("train", "--dataset", f"csv:{table}", "--conditional", "--quiet", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "needs labels" in result.stderr
+    result = pyro_vae("train", "--labels-per-class", "5", "--quiet", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "add --conditional" in result.stderr

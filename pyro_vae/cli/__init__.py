@@ -1,4 +1,5 @@
-"""The ``pyro-vae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``score``.
+"""The ``pyro-vae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``style``,
+``score``.
 
 Every command prints what it wrote. Errors in the input (missing files, wrong data, a checkpoint
 of another model) end the command with a one-line message and exit status 2.
@@ -75,12 +76,28 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
-    parser.add_argument("--loss", default="trace", choices=sorted(LOSSES), help="Pyro ELBO implementation")
+    parser.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        help="Pyro ELBO implementation (default: enum with missing labels, else trace)",
+    )
     parser.add_argument("--particles", type=int, default=1, help="ELBO particles per step (vectorized)")
     parser.add_argument("--beta", type=float, default=1.0, help="KL weight")
     parser.add_argument("--warmup", type=float, default=0.0, help="epochs of linear KL warm-up from 0 to --beta")
     parser.add_argument("--validation", type=float, default=0.1, help="fraction of the training data held out")
     parser.add_argument("--patience", type=int, help="early stopping: epochs without validation improvement")
+    parser.add_argument(
+        "--conditional", action="store_true", help="conditional VAE p(x|z,y) with the data set's labels"
+    )
+    parser.add_argument(
+        "--labels-per-class",
+        type=int,
+        help="with --conditional: keep this many labels per class and train M2 semi-supervised on the rest",
+    )
+    parser.add_argument("--alpha", type=float, default=50.0, help="weight of M2's auxiliary classification term")
+    parser.add_argument(
+        "--embedding-dim", type=int, help="with --conditional: learned label embedding (default one-hot)"
+    )
     parser.add_argument("--score-samples", type=int, default=1000, help="K for the test log p(x) and novelty report")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights, minibatches and sampling")
@@ -122,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = _add_run_command(commands, "sample", "draw samples from the model as a PNG grid", queries.sample)
     sample.add_argument("--num", type=int, default=64, help="number of samples")
+    sample.add_argument(
+        "--class",
+        dest="label",
+        type=int,
+        help="draw samples of this class (conditional runs; without it they show a row per class)",
+    )
     sample.add_argument("--seed", type=int, default=0, help="seeds the latent draws")
     sample.add_argument("--out", help="PNG path (default: RUN/samples.png)")
 
@@ -131,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(reconstruct)
     reconstruct.add_argument("--num", type=int, default=20, help="number of data shown")
     reconstruct.add_argument("--out", help="PNG path (default: RUN/reconstructions.png)")
+
+    style = _add_run_command(
+        commands,
+        "style",
+        "style transfer (conditional runs): encode data with their labels, decode each z as every class",
+        queries.style,
+    )
+    _add_data_arguments(style)
+    style.add_argument("--num", type=int, default=8, help="number of data shown")
+    style.add_argument("--out", help="PNG path (default: RUN/style_transfer.png)")
 
     score = _add_run_command(
         commands, "score", "per-datum novelty scores (log p(x)) as CSV, most novel first, with figures", queries.score

@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 
 from pyro_vae import plots
-from pyro_vae.cli.report import novelty_report, score_name, score_table
+from pyro_vae.cli.report import (
+    class_grid,
+    conditional_score_table,
+    novelty_report,
+    score_name,
+    score_table,
+    style_transfer,
+)
 from pyro_vae.cli.stock import Run, load_run
 from pyro_vae.data import load_dataset
 
@@ -30,18 +37,34 @@ def _data(run: Run, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tenso
     return x, y, spec
 
 
+def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    return tensor.mean().item(), (tensor.std().item() / math.sqrt(len(tensor))) if len(tensor) > 1 else 0.0
+
+
+def _rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, num_samples: int) -> list[dict]:
+    if run.conditional:
+        return conditional_score_table(run.model, run.guide, x, labels, run.config["num_classes"], num_samples)[0]
+    return score_table(run.model, run.guide, x, labels, num_samples)
+
+
 def evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.device)
     x, labels, spec = _data(run, args)
-    rows = score_table(run.model, run.guide, x, labels, args.num_samples)
+    rows = _rows(run, x, labels, args.num_samples)
     results = {"data": spec, "split": args.split, "count": len(rows), "num_samples": args.num_samples}
-    for key in ("elbo", "log_likelihood"):
-        values = torch.tensor([row[key] for row in rows], dtype=torch.float64)
-        results[key] = values.mean().item()
-        results[f"{key}_stderr"] = (values.std().item() / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    names = {"elbo": "ELBO", "log_likelihood": f"{score_name(run.config)}, K={args.num_samples}"}
+    if run.conditional:
+        names = {"log_likelihood": f"log p(x), K={args.num_samples}/class"}
+        if labels is not None:
+            names["log_likelihood_given_label"] = "log p(x | label)"
     print(f"{spec} {args.split} ({len(rows)} data), nats per datum:")
-    for label, key in (("ELBO", "elbo"), (f"{score_name(run.config)}, K={args.num_samples}", "log_likelihood")):
-        print(f"  {label:<20s} {results[key]:10.3f} ± {results[key + '_stderr']:.3f}")
+    for key, label in names.items():
+        results[key], results[f"{key}_stderr"] = _mean_and_stderr([row[key] for row in rows])
+        print(f"  {label:<22s} {results[key]:10.3f} ± {results[key + '_stderr']:.3f}")
+    if run.conditional and labels is not None:
+        results["generative_classifier_accuracy"] = sum(row["predicted"] == row["label"] for row in rows) / len(rows)
+        print(f"  generative classifier accuracy {results['generative_classifier_accuracy']:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -51,7 +74,7 @@ def evaluate(args: argparse.Namespace) -> int:
 def score(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.device)
     x, labels, spec = _data(run, args)
-    rows = score_table(run.model, run.guide, x, labels, args.num_samples)
+    rows = _rows(run, x, labels, args.num_samples)
     out = Path(args.out) if args.out else run.directory
     out.mkdir(parents=True, exist_ok=True)
     score = score_name(run.config)
@@ -63,29 +86,75 @@ def score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_images(run: Run, command: str) -> None:
+    if len(run.config["x_shape"]) != 3:
+        raise ValueError(f"{command} draws images; this run's data are not images")
+
+
 def sample(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.device)
-    if len(run.config["x_shape"]) != 3:
-        raise ValueError("sample draws image grids; this run's data are not images")
+    _require_images(run, "sample")
+    if args.label is not None and not run.conditional:
+        raise ValueError("--class needs a run trained with --conditional")
     torch.manual_seed(args.seed)
-    with torch.no_grad():
-        z = run.model.prior().sample((args.num,))
-        images = run.model.decode(z)
     out = Path(args.out) if args.out else run.directory / "samples.png"
-    plots.image_grid(images, out, f"{run.config['dataset']}: {args.num} samples (means of p(x|z))")
+    dataset = run.config["dataset"]
+    if run.conditional and args.label is None:
+        class_grid(run.model, run.config["num_classes"], 10, out, f"{dataset}: a row per class, a column per z")
+    else:
+        with torch.no_grad():
+            z = run.model.prior().sample((args.num,))
+            if run.conditional:
+                if not 0 <= args.label < run.config["num_classes"]:
+                    raise ValueError(f"--class must be in 0..{run.config['num_classes'] - 1}, got {args.label}")
+                images = run.model.decode(z, torch.full((args.num,), args.label, device=z.device))
+            else:
+                images = run.model.decode(z)
+        title = f"{dataset}: {args.num} samples" + ("" if args.label is None else f" of class {args.label}")
+        plots.image_grid(images, out, title)
     print(f"wrote {out}")
     return 0
 
 
+def _reconstructions(run: Run, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Decoded posterior means; a conditional run uses the given labels, else its classifier's."""
+    if not run.conditional:
+        return run.model.decode(run.guide.posterior(x).mean)
+    if labels is None:
+        labels = run.guide.label_posterior(x).probs.argmax(-1)
+    return run.model.decode(run.guide.posterior(x, labels).mean, labels)
+
+
 def reconstruct(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.device)
-    x, _, spec = _data(run, args)
-    if x.dim() != 4:
-        raise ValueError("reconstruct draws images; these data are not images")
+    _require_images(run, "reconstruct")
+    x, labels, spec = _data(run, args)
     shown = x[: args.num]
     with torch.no_grad():
-        reconstructions = run.model.decode(run.guide.posterior(shown).mean)
+        reconstructions = _reconstructions(run, shown, None if labels is None else labels[: args.num].to(x.device))
     out = Path(args.out) if args.out else run.directory / "reconstructions.png"
     plots.reconstruction_grid(shown, reconstructions, out, f"{spec} {args.split}: data and reconstructions")
+    print(f"wrote {out}")
+    return 0
+
+
+def style(args: argparse.Namespace) -> int:
+    run = load_run(args.run, args.device)
+    if not run.conditional:
+        raise ValueError("style transfer needs a run trained with --conditional")
+    _require_images(run, "style")
+    x, labels, spec = _data(run, args)
+    if labels is None:
+        raise ValueError(f"style transfer encodes data with their labels, and {spec} has none")
+    out = Path(args.out) if args.out else run.directory / "style_transfer.png"
+    style_transfer(
+        run.model,
+        run.guide,
+        x[: args.num],
+        labels[: args.num].to(x.device),
+        run.config["num_classes"],
+        out,
+        f"{spec} {args.split}: data (top) and their z decoded as every class",
+    )
     print(f"wrote {out}")
     return 0

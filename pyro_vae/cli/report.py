@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pyro_vae import plots
+from pyro_vae.conditional import ClassScores, class_scores
 from pyro_vae.scoring import elbo, log_likelihood
 
 TOP = 10
@@ -79,3 +80,46 @@ def novelty_report(
             )
         )
     return written
+
+
+def conditional_score_table(
+    model, guide, x: torch.Tensor, labels: torch.Tensor | None, num_classes: int, num_samples: int, progress=None
+) -> tuple[list[dict], ClassScores]:
+    """Per-datum log p(x) with the label summed out, most novel first; with labels, also the
+    novelty against the given label: log p(x | y) and p(y | x)."""
+    scores = class_scores(model, guide, x, num_classes, num_samples, progress=progress)
+    log_px = scores.log_px.cpu().numpy()
+    predicted = scores.predict().cpu().numpy()
+    given = None if labels is None else [value.cpu().numpy() for value in scores.claimed(labels.to(x.device))]
+    rows = []
+    for rank, index in enumerate(np.argsort(log_px, kind="stable")):
+        row = {
+            "rank": rank + 1,
+            "index": int(index),
+            "label": "" if labels is None else int(labels[index]),
+            "predicted": int(predicted[index]),
+            "log_likelihood": float(log_px[index]),
+        }
+        if given is not None:
+            row["log_likelihood_given_label"] = float(given[0][index])
+            row["label_posterior"] = float(given[1][index])
+        rows.append(row)
+    return rows, scores
+
+
+def class_grid(model, num_classes: int, draws: int, path: Path, title: str) -> Path:
+    """One row per class, one column per latent draw (the same z down each column)."""
+    z = model.prior().sample((draws,)).repeat(num_classes, 1)
+    labels = torch.arange(num_classes, device=z.device).repeat_interleave(draws)
+    with torch.no_grad():
+        images = model.decode(z, labels)
+    return plots.image_grid(images, path, title, columns=draws)
+
+
+def style_transfer(model, guide, x: torch.Tensor, y: torch.Tensor, num_classes: int, path: Path, title: str) -> Path:
+    """The data in the top row; below, each datum's z (encoded with its own label) decoded as
+    every class in turn: the style is kept, the class changes."""
+    with torch.no_grad():
+        z = guide.posterior(x, y).mean
+        rows = [model.decode(z, torch.full_like(y, label)) for label in range(num_classes)]
+    return plots.image_grid(torch.cat([x, *rows]), path, title, columns=len(x))

@@ -14,16 +14,33 @@ import torch
 
 from pyro_vae.checkpoint import Checkpoint, load_checkpoint
 from pyro_vae.device import resolve_device
-from pyro_vae.guides import AmortizedDelta, AmortizedNormal
-from pyro_vae.models import VAE
+from pyro_vae.guides import AmortizedDelta, AmortizedNormal, ConditionalNormal
+from pyro_vae.models import VAE, ConditionalVAE
 from pyro_vae.preprocessing import Preprocessor
 
 GUIDES = {"normal": AmortizedNormal, "delta": AmortizedDelta}
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def build_pair(config: dict) -> tuple[VAE, AmortizedNormal | AmortizedDelta]:
+Model = VAE | ConditionalVAE
+Guide = AmortizedNormal | AmortizedDelta | ConditionalNormal
+
+
+def _build_conditional(config: dict) -> tuple[ConditionalVAE, ConditionalNormal]:
+    x_shape, latent_dim, hidden, arch = config["x_shape"], config["latent_dim"], config["hidden"], config["arch"]
+    classes, embedding = config["num_classes"], config.get("embedding_dim")
+    options = config.get("likelihood_options", {})
+    model = ConditionalVAE.build(x_shape, classes, latent_dim, hidden, arch, config["likelihood"], embedding, **options)
+    guide = ConditionalNormal.build(x_shape, classes, latent_dim, hidden, arch, embedding)
+    if config.get("alpha", 0) > 0:
+        model.classifier, model.alpha = guide.classifier, config["alpha"]
+    return model, guide
+
+
+def build_pair(config: dict) -> tuple[Model, Guide]:
     """The stock model and guide that ``config`` describes (untrained)."""
+    if config.get("conditional"):
+        return _build_conditional(config)
     if config.get("guide") not in GUIDES:
         raise ValueError(f"unknown guide {config.get('guide')!r}; choose one of {sorted(GUIDES)}")
     x_shape, latent_dim, hidden, arch = config["x_shape"], config["latent_dim"], config["hidden"], config["arch"]
@@ -36,8 +53,8 @@ def build_pair(config: dict) -> tuple[VAE, AmortizedNormal | AmortizedDelta]:
 class Run:
     """A trained stock model loaded from a run directory or checkpoint file."""
 
-    model: VAE
-    guide: AmortizedNormal | AmortizedDelta
+    model: Model
+    guide: Guide
     checkpoint: Checkpoint
     preprocessor: Preprocessor
     device: torch.device
@@ -46,6 +63,10 @@ class Run:
     @property
     def config(self) -> dict:
         return self.checkpoint.config
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.config.get("conditional"))
 
 
 def checkpoint_path(location: str | Path) -> Path:

@@ -12,9 +12,16 @@ import torch
 
 from pyro_vae import plots
 from pyro_vae.checkpoint import save_checkpoint
-from pyro_vae.cli.report import novelty_report, score_name, score_table
+from pyro_vae.cli.report import (
+    class_grid,
+    conditional_score_table,
+    novelty_report,
+    score_name,
+    score_table,
+    style_transfer,
+)
 from pyro_vae.cli.stock import CHECKPOINT_NAME, build_pair
-from pyro_vae.data import DataSplits, load_dataset
+from pyro_vae.data import DataSplits, hide_labels, load_dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.preprocessing import Preprocessor
 from pyro_vae.training import fit
@@ -64,14 +71,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} already holds a trained run; pass --overwrite to replace it, or choose --out")
 
 
-def run(args: argparse.Namespace) -> int:
-    out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}")
-    _check_out_dir(out, args.overwrite)
-    device = resolve_device(args.device)
-    data = load_dataset(args.dataset, args.data_dir, args.download)
-    likelihood = choose_likelihood(args.likelihood, data)
-    preprocessor = choose_preprocessor(likelihood, data)
-    train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
+def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict:
     config = {
         "dataset": args.dataset,
         "data_dir": None if args.data_dir is None else str(args.data_dir),
@@ -83,22 +83,68 @@ def run(args: argparse.Namespace) -> int:
         "likelihood_options": _likelihood_options(args, likelihood),
         "guide": args.guide,
     }
+    if args.conditional:
+        if data.train_y is None:
+            raise ValueError(f"--conditional needs labels, and {args.dataset} has none")
+        config |= {
+            "conditional": True,
+            "num_classes": int(data.train_y.max()) + 1,
+            "embedding_dim": args.embedding_dim,
+            "labels_per_class": args.labels_per_class,
+            "alpha": args.alpha if args.labels_per_class is not None else 0.0,
+        }
+    elif args.labels_per_class is not None:
+        raise ValueError("--labels-per-class trains the semi-supervised conditional VAE; add --conditional")
+    return config
+
+
+def _training_data(args: argparse.Namespace, config: dict, train_x: torch.Tensor, data: DataSplits):
+    if not config.get("conditional"):
+        return train_x
+    if args.labels_per_class is None:
+        return train_x, data.train_y
+    return train_x, hide_labels(data.train_y, args.labels_per_class, args.seed)
+
+
+def _loss(args: argparse.Namespace) -> str:
+    if args.loss is not None:
+        return args.loss
+    return "enum" if args.labels_per_class is not None else "trace"
+
+
+def _describe(args: argparse.Namespace, config: dict, count: int, device: torch.device) -> str:
+    kind = "conditional VAE" if config.get("conditional") else f"VAE ({args.guide} guide)"
+    if config.get("labels_per_class") is not None:
+        kind = f"semi-supervised conditional VAE ({args.labels_per_class} labels per class)"
+    return (
+        f"training a {args.arch} {kind}, {config['likelihood']} likelihood, {args.latent_dim}-d latent, "
+        f"on {count} {args.dataset} data of shape {tuple(config['x_shape'])}, on {device}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}")
+    _check_out_dir(out, args.overwrite)
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset, args.data_dir, args.download)
+    likelihood = choose_likelihood(args.likelihood, data)
+    preprocessor = choose_preprocessor(likelihood, data)
+    train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
+    config = _config(args, data, likelihood)
     pyro.set_rng_seed(args.seed)
     model, guide = build_pair(config)
     model.likelihood.check_support(train_x)
-    print(
-        f"training a {args.arch} VAE ({likelihood} likelihood, {args.latent_dim}-d latent, {args.guide} guide) "
-        f"on {len(train_x)} {args.dataset} data of shape {tuple(data.x_shape)}, on {device}"
-    )
+    print(_describe(args, config, len(train_x), device))
+    progress = False if args.quiet else None
     history = fit(
         model,
         guide,
-        train_x,
+        _training_data(args, config, train_x, data),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         clip_norm=args.clip_norm,
-        loss=args.loss,
+        loss=_loss(args),
         num_particles=args.particles,
         vectorize_particles=args.particles > 1,
         beta=args.beta,
@@ -107,12 +153,12 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
         device=str(device),
         seed=args.seed,
-        progress=False if args.quiet else None,
+        progress=progress,
     )
     config["training"] = {
         key: getattr(args, key)
-        for key in ("epochs", "batch_size", "lr", "clip_norm", "loss", "particles", "beta", "warmup", "seed")
-    }
+        for key in ("epochs", "batch_size", "lr", "clip_norm", "particles", "beta", "warmup", "seed")
+    } | {"loss": _loss(args)}
     out.mkdir(parents=True, exist_ok=True)
     written = [save_checkpoint(out / CHECKPOINT_NAME, model, guide, config, preprocessor.state_dict())]
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -121,42 +167,74 @@ def run(args: argparse.Namespace) -> int:
     written.append(plots.plot_history(history, out / "elbo.png", f"{args.dataset}: ELBO per datum"))
     model.eval()
     guide.eval()
-    test_x = test_x.to(device)
-    with torch.no_grad():
-        if data.is_image:
-            samples = model.decode(model.prior().sample((64,)))
-            written.append(
-                plots.image_grid(samples, out / "samples.png", f"{args.dataset}: 64 samples (means of p(x|z))")
-            )
-            shown = test_x[:20]
-            reconstructions = model.decode(guide.posterior(shown).mean)
-            written.append(
-                plots.reconstruction_grid(
-                    shown,
-                    reconstructions,
-                    out / "reconstructions.png",
-                    f"{args.dataset}: test data and reconstructions",
-                )
-            )
+    test_x, test_y = test_x.to(device), None if data.test_y is None else data.test_y.to(device)
+    report = _conditional_report if config.get("conditional") else _report
     start = time.perf_counter()
-    rows = score_table(model, guide, test_x, data.test_y, args.score_samples, False if args.quiet else None)
-    metrics = {
-        "test_elbo": sum(row["elbo"] for row in rows) / len(rows),
-        "test_log_likelihood": sum(row["log_likelihood"] for row in rows) / len(rows),
+    metrics, report_files = report(args, config, model, guide, test_x, test_y, out, progress)
+    metrics |= {
         "score_samples": args.score_samples,
         "train_seconds": history.wall_time,
         "score_seconds": time.perf_counter() - start,
         "epochs_run": len(history.epoch),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    written.append(out / "metrics.json")
-    written += novelty_report(rows, test_x, out, f"{args.dataset} test data", score_name(config))
-    print(
-        f"test ELBO {metrics['test_elbo']:.3f} nats/datum, importance-sampled {score_name(config)} "
-        f"{metrics['test_log_likelihood']:.3f} nats/datum (K={args.score_samples}); "
-        f"trained in {history.wall_time:.1f} s"
-    )
+    written += [*report_files, out / "metrics.json"]
+    print(", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
     print(f"wrote to {out}/:")
     for path in written:
         print(f"  {path.name}")
     return 0
+
+
+def _report(args, config, model, guide, test_x, test_y, out: Path, progress) -> tuple[dict, list[Path]]:
+    """Samples, reconstructions and the novelty report of a plain VAE."""
+    written = []
+    if test_x.dim() == 4:
+        with torch.no_grad():
+            samples = model.decode(model.prior().sample((64,)))
+            shown = test_x[:20]
+            reconstructions = model.decode(guide.posterior(shown).mean)
+        written.append(plots.image_grid(samples, out / "samples.png", f"{args.dataset}: 64 samples (means of p(x|z))"))
+        written.append(
+            plots.reconstruction_grid(
+                shown, reconstructions, out / "reconstructions.png", f"{args.dataset}: test data and reconstructions"
+            )
+        )
+    rows = score_table(model, guide, test_x, test_y, args.score_samples, progress)
+    written += novelty_report(rows, test_x, out, f"{args.dataset} test data", score_name(config))
+    metrics = {
+        "test_elbo": sum(row["elbo"] for row in rows) / len(rows),
+        "test_log_likelihood": sum(row["log_likelihood"] for row in rows) / len(rows),
+    }
+    return metrics, written
+
+
+def _conditional_report(args, config, model, guide, test_x, test_y, out: Path, progress) -> tuple[dict, list[Path]]:
+    """Class grid, style transfer, classifier accuracies and the novelty report of a
+    conditional VAE; log p(x | y) is estimated with K = --score-samples per class."""
+    classes = config["num_classes"]
+    written = []
+    if test_x.dim() == 4:
+        written.append(class_grid(model, classes, 10, out / "samples.png", f"{args.dataset}: a row per class"))
+        written.append(
+            style_transfer(
+                model,
+                guide,
+                test_x[:8],
+                test_y[:8],
+                classes,
+                out / "style_transfer.png",
+                f"{args.dataset}: test data (top) and their z decoded as every class",
+            )
+        )
+    rows, scores = conditional_score_table(model, guide, test_x, test_y, classes, args.score_samples, progress)
+    written += novelty_report(rows, test_x, out, f"{args.dataset} test data", "log p(x)")
+    with torch.no_grad():
+        classifier = guide.label_posterior(test_x).probs.argmax(-1)
+    metrics = {
+        "test_log_likelihood": scores.log_px.mean().item(),
+        "generative_classifier_accuracy": (scores.predict() == test_y).float().mean().item(),
+    }
+    if config.get("labels_per_class") is not None:
+        metrics["classifier_accuracy"] = (classifier == test_y).float().mean().item()
+    return metrics, written
