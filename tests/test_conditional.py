@@ -142,3 +142,14 @@ def test_semi_supervised_m2_learns_a_classifier_from_ten_labels_per_class(digits
     model.alpha = 0.0
     pyro.set_rng_seed(2)
     assert torch.equal(with_alpha, pyro_vae.elbo(model, guide, digits.test_x[:20], digits.test_y[:20]))
+
+
+def test_learned_label_embedding_trains(digits):
+    pyro.set_rng_seed(0)
+    model = ConditionalVAE.build((1, 8, 8), CLASSES, LATENT, HIDDEN, "conv", "continuous-bernoulli", embedding_dim=3)
+    guide = ConditionalNormal.build((1, 8, 8), CLASSES, LATENT, (16, 32), "conv", embedding_dim=3)
+    assert model.labels.dim == 3 and model.labels(torch.tensor([[1], [2]])).shape == (2, 1, 3)
+    embedding_before = model.labels.embedding.weight.detach().clone()
+    history = pyro_vae.fit(model, guide, (digits.train_x[:512], digits.train_y[:512]), epochs=3, progress=False)
+    assert history.val_elbo[-1] > history.val_elbo[0]
+    assert not torch.equal(embedding_before, model.labels.embedding.weight)
