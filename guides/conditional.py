@@ -76,7 +76,9 @@ class ConditionalNormal(PyroModule):
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> dist.TorchDistribution:
         """q(z | x, y), broadcasting ``y`` (e.g. enumerated labels) against the data."""
-        loc, raw_scale = self.head(concat_features(self.features(x), self.label_features(y))).split(self.latent_dim, dim=-1)
+        loc, raw_scale = self.head(concat_features(self.features(x), self.label_features(y))).split(
+            self.latent_dim, dim=-1
+        )
         return dist.Normal(loc, softplus(raw_scale) + self.min_scale).to_event(1)
 
     def _label(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
