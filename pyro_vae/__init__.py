@@ -6,14 +6,25 @@ size=None)`` and ``guide(x, y=None, size=None)`` keep every per-datum sample sit
 
 - :func:`fit` trains by SVI (:mod:`pyro_vae.training`);
 - :func:`elbo` and :func:`log_likelihood` score every datum (:mod:`pyro_vae.scoring`);
-- :func:`save_checkpoint` / :func:`load_checkpoint` store and restore (:mod:`pyro_vae.checkpoint`).
+- :func:`save_checkpoint` / :func:`load_checkpoint` store and restore (:mod:`pyro_vae.checkpoint`);
+- :class:`NoveltyDetector` scores tables by log p(x), scikit-learn style (:mod:`pyro_vae.novelty`).
 
 Stock models and guides are in :mod:`pyro_vae.models` and :mod:`pyro_vae.guides`.
 """
 
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.novelty import NoveltyDetector
 from pyro_vae.scoring import elbo, log_likelihood, log_weights
 from pyro_vae.training import History, fit
 
 __version__ = "0.1.0"
-__all__ = ["History", "elbo", "fit", "load_checkpoint", "log_likelihood", "log_weights", "save_checkpoint"]
+__all__ = [
+    "History",
+    "NoveltyDetector",
+    "elbo",
+    "fit",
+    "load_checkpoint",
+    "log_likelihood",
+    "log_weights",
+    "save_checkpoint",
+]

@@ -14,14 +14,20 @@ Families:
   reconstruction error against the KL term (Kingma & Welling 2014, appendix C.2).
 - ``gaussian-learned``: the decoder also gives a per-value scale, softplus plus a floor.
 - ``student-t``: robust heavy-tailed location-scale family with fixed degrees of freedom.
+- ``mixed``: tables with binary and continuous columns, Bernoulli for the first, Normal or
+  Student-t with learned scales for the others.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn.functional import softplus
+
+from pyro_vae.distributions import MixedColumns
 
 
 class Likelihood(nn.Module):
@@ -126,12 +132,43 @@ class StudentT(Likelihood):
         return params.unbind(-self.event_dim - 1)[0]
 
 
+class Mixed(Likelihood):
+    """For tables: Bernoulli for the columns flagged ``binary``, and for the others a Normal
+    (``df=None``) or Student-t with learned location and scale (softplus plus ``min_scale``).
+    A binary column's value strictly between 0 and 1 (an unseen category mapped in between) is
+    scored by the Bernoulli's continuous extension, below both seen values."""
+
+    name = "mixed"
+    params_per_value = 2
+
+    def __init__(
+        self, event_dim: int, binary: Sequence[bool] = (), df: float | None = None, min_scale: float = 1e-3
+    ) -> None:
+        super().__init__(event_dim)
+        if event_dim != 1:
+            raise ValueError("the mixed likelihood is for tables: one observation is a vector of columns")
+        self.register_buffer("binary", torch.tensor(list(binary), dtype=torch.bool))
+        self.df = df
+        self.min_scale = float(min_scale)
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        loc, raw_scale = params.unbind(-2)
+        binary = self.binary if len(self.binary) else torch.zeros(loc.shape[-1], dtype=torch.bool)
+        return MixedColumns(loc, softplus(raw_scale) + self.min_scale, binary, self.df)
+
+    def check_support(self, x: torch.Tensor) -> None:
+        super().check_support(x)
+        binary = x[..., self.binary] if len(self.binary) else x[..., :0]
+        if (binary < 0).any() or (binary > 1).any():
+            raise ValueError("mixed likelihood: the binary columns must lie in [0, 1]")
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
-    cls.name: cls for cls in (Bernoulli, ContinuousBernoulli, Gaussian, GaussianLearned, StudentT)
+    cls.name: cls for cls in (Bernoulli, ContinuousBernoulli, Gaussian, GaussianLearned, StudentT, Mixed)
 }
 
 
-def get_likelihood(name: str, event_dim: int, **options: float) -> Likelihood:
+def get_likelihood(name: str, event_dim: int, **options) -> Likelihood:
     """Build the likelihood family called ``name`` (see :data:`LIKELIHOODS`).
 
     :param int event_dim: number of dimensions of one observation (1 for vectors, 3 for images).

@@ -59,3 +59,50 @@ class Preprocessor:
         preprocessor = cls(state["method"], state["binarize"])
         preprocessor.offset, preprocessor.scale = state["offset"], state["scale"]
         return preprocessor
+
+
+class TablePreprocessor:
+    """Column-wise preprocessing of a table, fitted on training data and stored as plain data.
+
+    Constant columns are dropped (they carry no information, and a learned variance would
+    collapse on them). Columns with exactly two values become {0, 1} (binary; values outside the
+    two are clipped into [0, 1]). The other columns are standardized with a floor on the spread,
+    so that columns whose units span 1e5 and 1e-3 weigh alike.
+    """
+
+    def __init__(self) -> None:
+        self.keep: torch.Tensor | None = None
+        self.binary: torch.Tensor | None = None
+        self.offset: torch.Tensor | None = None
+        self.scale: torch.Tensor | None = None
+
+    def fit(self, x: torch.Tensor) -> TablePreprocessor:
+        if x.dim() != 2:
+            raise ValueError(f"a table must be 2-D (rows, columns), got shape {tuple(x.shape)}")
+        low, high = x.amin(0), x.amax(0)
+        self.keep = high > low
+        x = x[:, self.keep]
+        low, high = low[self.keep], high[self.keep]
+        self.binary = ((x == low) | (x == high)).all(0)
+        spread = x.std(0).clamp(min=1e-6 * (high - low).abs().clamp(min=1e-12))
+        self.offset = torch.where(self.binary, low, x.mean(0))
+        self.scale = torch.where(self.binary, high - low, spread)
+        return self
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        if self.keep is None:
+            raise RuntimeError("TablePreprocessor.transform called before fit")
+        if x.dim() != 2 or x.shape[1] != len(self.keep):
+            raise ValueError(f"the detector was fitted on {len(self.keep)} columns; got data of shape {tuple(x.shape)}")
+        x = (x[:, self.keep] - self.offset) / self.scale
+        return torch.where(self.binary, x.clamp(0, 1), x)
+
+    def state_dict(self) -> dict:
+        return {"keep": self.keep, "binary": self.binary, "offset": self.offset, "scale": self.scale}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> TablePreprocessor:
+        preprocessor = cls()
+        preprocessor.keep, preprocessor.binary = state["keep"], state["binary"]
+        preprocessor.offset, preprocessor.scale = state["offset"], state["scale"]
+        return preprocessor

@@ -1,0 +1,153 @@
+"""A novelty detector with scikit-learn's conventions, scoring by the model's own evidence.
+
+``NoveltyDetector`` fits a VAE to tabular data and scores new rows by the importance-sampled
+log p(x) of :mod:`pyro_vae.scoring`: higher is more normal, as in scikit-learn's
+``score_samples``. ``offset_`` is the ``contamination`` quantile of the training scores, so
+``decision_function(X) = score_samples(X) - offset_`` is negative for outliers and ``predict``
+flags about a ``contamination`` fraction of the training data with -1 (Breunig et al.'s and
+scikit-learn's ``LocalOutlierFactor(novelty=True)`` semantics).
+
+Preprocessing (:class:`~pyro_vae.preprocessing.TablePreprocessor`) is fitted on the training
+data and kept with the detector: constant columns are dropped, binary columns get a Bernoulli
+likelihood, the others are standardized and get a Student-t with learned location and scale
+(heavy tails keep a few extreme training rows from dominating the fit).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import torch
+
+from pyro_vae.guides import AmortizedNormal
+from pyro_vae.models import VAE
+from pyro_vae.preprocessing import TablePreprocessor
+from pyro_vae.scoring import log_likelihood
+from pyro_vae.training import fit
+
+
+def _as_table(X, name: str = "X") -> torch.Tensor:
+    array = np.asarray(X)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, columns), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} has no rows")
+    bad = ~np.isfinite(array.astype(np.float64))
+    if bad.any():
+        rows, columns = np.nonzero(bad)
+        raise ValueError(
+            f"{name} holds NaN or infinite values, e.g. at rows {sorted(set(rows.tolist()))[:5]} and columns "
+            f"{sorted(set(columns.tolist()))[:5]}; impute or drop them first"
+        )
+    return torch.as_tensor(array, dtype=torch.float32)
+
+
+class NoveltyDetector:
+    """VAE novelty detector for tables, in the manner of scikit-learn's novelty detectors.
+
+    :param latent_dim: dimension of z (default: half the columns, between 2 and 32).
+    :param hidden: hidden layer widths (default: twice the columns, between 64 and 512, then half).
+    :param epochs: passes over the data (default: about 5,000 minibatch steps, 10 to 300 epochs).
+    :param int batch_size: minibatch size.
+    :param float lr: Adam learning rate.
+    :param int num_samples: importance samples K per row for ``score_samples``.
+    :param float contamination: the expected fraction of outliers in the training data; sets
+        ``offset_``.
+    :param df: degrees of freedom of the Student-t for continuous columns (``None``: Gaussian).
+    :param random_state: seed for the networks, training and scoring.
+    :param str device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int | None = None,
+        hidden: tuple[int, ...] | None = None,
+        epochs: int | None = None,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        num_samples: int = 100,
+        contamination: float = 0.1,
+        df: float | None = 4.0,
+        random_state: int | None = None,
+        device: str = "cpu",
+        progress: bool | None = False,
+    ) -> None:
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.num_samples = num_samples
+        self.contamination = contamination
+        self.df = df
+        self.random_state = random_state
+        self.device = device
+        self.progress = progress
+
+    def _sizes(self, rows: int, columns: int) -> tuple[int, tuple[int, ...], int]:
+        latent = self.latent_dim or min(32, max(2, columns // 2))
+        width = min(512, max(64, 2 * columns))
+        hidden = self.hidden or (width, max(32, width // 2))
+        epochs = self.epochs or min(300, max(10, math.ceil(5000 * self.batch_size / rows)))
+        return latent, tuple(hidden), epochs
+
+    def fit(self, X, y=None) -> NoveltyDetector:
+        """Fit the preprocessing and the VAE to ``X`` (``y`` is ignored: unsupervised)."""
+        if not 0 < self.contamination <= 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination}")
+        x = _as_table(X)
+        self.n_features_in_ = x.shape[1]
+        self.preprocessor_ = TablePreprocessor().fit(x)
+        x = self.preprocessor_.transform(x)
+        latent, hidden, epochs = self._sizes(*x.shape)
+        seed = self.random_state if self.random_state is not None else int(torch.randint(2**31, ()).item())
+        pyro.set_rng_seed(seed)
+        binary = self.preprocessor_.binary.tolist()
+        self.model_ = VAE.build((x.shape[1],), latent, hidden, "mlp", "mixed", binary=binary, df=self.df)
+        self.guide_ = AmortizedNormal.build((x.shape[1],), latent, hidden, "mlp")
+        self.history_ = fit(
+            self.model_,
+            self.guide_,
+            x,
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            validation=0.1 if len(x) >= 50 else None,
+            patience=max(10, epochs // 10) if len(x) >= 50 else None,
+            device=self.device,
+            seed=seed,
+            progress=self.progress,
+        )
+        self.offset_ = float(np.quantile(self._score(x), self.contamination))
+        return self
+
+    def _score(self, x: torch.Tensor) -> np.ndarray:
+        pyro.set_rng_seed(self.random_state if self.random_state is not None else 0)
+        device = next(self.model_.parameters()).device
+        scores = log_likelihood(self.model_, self.guide_, x.to(device), num_samples=self.num_samples)
+        return scores.cpu().numpy().astype(np.float64)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "offset_"):
+            raise RuntimeError("this NoveltyDetector is not fitted yet; call fit(X) first")
+
+    def score_samples(self, X) -> np.ndarray:
+        """Importance-sampled log p(x) of every row, in nats of the preprocessed data: higher is
+        more normal."""
+        self._check_fitted()
+        x = _as_table(X)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {x.shape[1]} columns, but the detector was fitted on {self.n_features_in_}")
+        return self._score(self.preprocessor_.transform(x))
+
+    def decision_function(self, X) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for outliers."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """+1 for inliers, -1 for outliers."""
+        return np.where(self.decision_function(X) < 0, -1, 1)

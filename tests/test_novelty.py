@@ -1,0 +1,91 @@
+"""NoveltyDetector: scikit-learn's novelty-detector semantics, real-table quirks, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from pyro_vae.novelty import NoveltyDetector
+from pyro_vae.preprocessing import TablePreprocessor
+
+
+def messy_table(rows: int, seed: int) -> np.ndarray:
+    """Correlated continuous columns on wildly different scales, a binary and a constant column."""
+    loadings = np.random.default_rng(0).normal(size=(2, 4))  # the same structure for every sample
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(rows, 2))
+    continuous = latent @ loadings + 0.1 * rng.normal(size=(rows, 4))
+    continuous *= np.array([1e-3, 1.0, 1e3, 1e5])
+    binary = (latent[:, :1] > 0).astype(float) * 7.0  # the two values 0 and 7
+    constant = np.full((rows, 1), 3.0)
+    return np.hstack([continuous, binary, constant])
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    detector = NoveltyDetector(contamination=0.05, epochs=40, num_samples=20, random_state=0)
+    return detector.fit(messy_table(1000, seed=0))
+
+
+def test_table_preprocessing_types_the_columns():
+    table = messy_table(200, seed=1)
+    preprocessor = TablePreprocessor().fit(torch_table(table))
+    assert preprocessor.keep.tolist() == [True] * 5 + [False]
+    assert preprocessor.binary.tolist() == [False] * 4 + [True]
+    out = preprocessor.transform(torch_table(table))
+    assert out.shape == (200, 5)
+    assert set(out[:, 4].unique().tolist()) == {0.0, 1.0}
+    assert np.allclose(out[:, :4].std(0).numpy(), 1.0, atol=0.01)
+
+
+def torch_table(array: np.ndarray):
+    import torch
+
+    return torch.as_tensor(array, dtype=torch.float32)
+
+
+def test_scikit_learn_semantics(fitted):
+    train = messy_table(1000, seed=0)
+    scores = fitted.score_samples(train)
+    assert scores.shape == (1000,) and scores.dtype == np.float64
+    assert np.allclose(fitted.decision_function(train), scores - fitted.offset_)
+    predicted = fitted.predict(train)
+    assert set(np.unique(predicted)) == {-1, 1}
+    assert np.array_equal(predicted == -1, fitted.decision_function(train) < 0)
+    # The threshold comes from the training scores: about `contamination` of them are flagged.
+    assert abs((predicted == -1).mean() - 0.05) < 0.01
+
+
+def test_outliers_score_lower(fitted):
+    inliers = messy_table(300, seed=2)
+    rng = np.random.default_rng(3)
+    outliers = messy_table(30, seed=4)
+    outliers[:, :4] += rng.normal(size=(30, 4)) * np.array([1e-3, 1.0, 1e3, 1e5])  # off the 2-D structure
+    scores = fitted.score_samples(np.vstack([inliers, outliers]))
+    labels = np.r_[np.zeros(300), np.ones(30)]
+    assert roc_auc_score(labels, -scores) > 0.95
+
+
+def test_same_random_state_same_scores():
+    table = messy_table(300, seed=5)
+    first = NoveltyDetector(epochs=5, num_samples=10, random_state=7).fit(table).score_samples(table[:50])
+    second = NoveltyDetector(epochs=5, num_samples=10, random_state=7).fit(table).score_samples(table[:50])
+    assert np.array_equal(first, second)
+
+
+def test_bad_input_is_named(fitted):
+    table = messy_table(100, seed=6)
+    table[[3, 8], 2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN.*rows \[3, 8\].*columns \[2\]"):
+        NoveltyDetector().fit(table)
+    with pytest.raises(ValueError, match="fitted on 6"):
+        fitted.score_samples(messy_table(10, seed=7)[:, :5])
+    with pytest.raises(TypeError, match="numeric"):
+        fitted.score_samples(np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match="2-D"):
+        fitted.score_samples(np.zeros(6))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        NoveltyDetector().predict(table)
+    with pytest.raises(ValueError, match="contamination"):
+        NoveltyDetector(contamination=0.7).fit(messy_table(100, seed=8))
