@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.progress import progress_bar
-from pyro_vae.scoring import elbo
+from pyro_vae.scoring import elbo, max_plate_nesting
 
 LOSSES: dict[str, type] = {
     "trace": Trace_ELBO,
@@ -158,10 +158,12 @@ def _make_optimizer(name: str, lr: float, clip_norm: float | None) -> pyro.optim
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
-def _make_loss(name: str, num_particles: int, vectorize_particles: bool):
+def _make_loss(name: str, num_particles: int, vectorize_particles: bool, plate_nesting: int):
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    return LOSSES[name](num_particles=num_particles, vectorize_particles=vectorize_particles)
+    return LOSSES[name](
+        num_particles=num_particles, vectorize_particles=vectorize_particles, max_plate_nesting=plate_nesting
+    )
 
 
 def _evict_stale_params(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None, size: int) -> None:
@@ -272,18 +274,21 @@ def fit(
     size = _num_data(train_data)
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
 
+    first_x, first_y = _first_batch(train_data, batch_size, torch_device)
+    _evict_stale_params(model, guide, first_x, first_y, size)
     kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
     weighted = beta != 1.0 or warmup_epochs > 0
     svi = SVI(
         kl_weighted(model, kl_handler) if weighted else model,
         kl_weighted(guide, kl_handler) if weighted else guide,
         _make_optimizer(optimizer, lr, clip_norm),
-        _make_loss(loss, num_particles, vectorize_particles),
+        # Checks the convention up front (observed "x", sites in the "data" plate) and spares
+        # Pyro's ELBOs their own guess of the plate nesting.
+        _make_loss(loss, num_particles, vectorize_particles, max_plate_nesting(model, guide, first_x, first_y)),
     )
     x_val, y_val = _to_device(_as_tensors(val_data), torch_device) if val_data is not None else (None, None)
     history = History()
     best = _BestEpoch(keep_parameters=patience is not None)
-    _evict_stale_params(model, guide, *_first_batch(train_data, batch_size, torch_device), size)
     bar = progress_bar(range(1, epochs + 1), desc="training", unit="epoch", show=progress)
     for epoch in bar:
         start = time.perf_counter()
