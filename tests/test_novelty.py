@@ -61,10 +61,10 @@ def test_outliers_score_lower(fitted):
     inliers = messy_table(300, seed=2)
     rng = np.random.default_rng(3)
     outliers = messy_table(30, seed=4)
-    outliers[:, :4] += rng.normal(size=(30, 4)) * np.array([1e-3, 1.0, 1e3, 1e5])  # off the 2-D structure
+    outliers[:, :4] += 2 * rng.normal(size=(30, 4)) * np.array([1e-3, 1.0, 1e3, 1e5])  # off the 2-D structure
     scores = fitted.score_samples(np.vstack([inliers, outliers]))
     labels = np.r_[np.zeros(300), np.ones(30)]
-    assert roc_auc_score(labels, -scores) > 0.95
+    assert roc_auc_score(labels, -scores) > 0.97  # 0.993 to 0.995 over seeds 0-3; IsolationForest 0.968
 
 
 def test_same_random_state_same_scores():
