@@ -1,4 +1,4 @@
-"""Commands on a trained run: ``evaluate``, ``score``, ``sample`` and ``reconstruct``."""
+"""Commands on a trained run: ``evaluate``, ``score``, ``sample``, ``reconstruct`` and ``style``."""
 
 from __future__ import annotations
 

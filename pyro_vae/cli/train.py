@@ -229,12 +229,12 @@ def _conditional_report(args, config, model, guide, test_x, test_y, out: Path, p
         )
     rows, scores = conditional_score_table(model, guide, test_x, test_y, classes, args.score_samples, progress)
     written += novelty_report(rows, test_x, out, f"{args.dataset} test data", "log p(x)")
-    with torch.no_grad():
-        classifier = guide.label_posterior(test_x).probs.argmax(-1)
     metrics = {
         "test_log_likelihood": scores.log_px.mean().item(),
         "generative_classifier_accuracy": (scores.predict() == test_y).float().mean().item(),
     }
     if config.get("labels_per_class") is not None:
+        with torch.no_grad():
+            classifier = guide.label_posterior(test_x).probs.argmax(-1)
         metrics["classifier_accuracy"] = (classifier == test_y).float().mean().item()
     return metrics, written
