@@ -31,6 +31,7 @@ class Checkpoint:
     model_state: dict
     guide_state: dict
     preprocessing: dict | None
+    arrays: dict[str, torch.Tensor]
 
     def load_into(self, model: nn.Module | None = None, guide: nn.Module | None = None) -> None:
         """Copy the stored parameters into ``model`` and ``guide`` (those given)."""
@@ -57,9 +58,11 @@ def save_checkpoint(
     guide: nn.Module | None,
     config: dict | None = None,
     preprocessing: dict | None = None,
+    arrays: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``model`` and ``guide`` parameters with ``config`` (JSON-serializable) and the
-    ``preprocessing`` state (:meth:`pyro_vae.preprocessing.Preprocessor.state_dict`) to ``path``,
+    """Write ``model`` and ``guide`` parameters with ``config`` (JSON-serializable), the
+    ``preprocessing`` state (:meth:`pyro_vae.preprocessing.Preprocessor.state_dict`) and any
+    further named tensors ``arrays`` (e.g. a detector's training scores) to ``path``,
     atomically. Returns the path."""
     path = Path(path)
     payload = {
@@ -69,6 +72,7 @@ def save_checkpoint(
         "model_state": _state(model),
         "guide_state": _state(guide),
         "preprocessing": preprocessing,
+        "arrays": arrays or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -141,7 +145,12 @@ def load_checkpoint(
     path = Path(path)
     payload = _read(path, map_location)
     checkpoint = Checkpoint(
-        path, json.loads(payload["config"]), payload["model_state"], payload["guide_state"], payload["preprocessing"]
+        path,
+        json.loads(payload["config"]),
+        payload["model_state"],
+        payload["guide_state"],
+        payload["preprocessing"],
+        payload.get("arrays", {}),
     )
     checkpoint.load_into(model, guide)
     return checkpoint

@@ -11,21 +11,44 @@ Preprocessing (:class:`~pyro_vae.preprocessing.TablePreprocessor`) is fitted on 
 data and kept with the detector: constant columns are dropped, binary columns get a Bernoulli
 likelihood, the others are standardized and get a Student-t with learned location and scale
 (heavy tails keep a few extreme training rows from dominating the fit).
+
+Each score comes with the Pareto-k̂ of its importance weights (:mod:`pyro_vae.diagnostics`) and
+an empirical tail probability against the training scores; :meth:`NoveltyDetector.save` and
+:meth:`NoveltyDetector.load` keep a fitted detector in one checkpoint file that loads without
+running code.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
 
+from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.device import resolve_device
+from pyro_vae.diagnostics import ImportanceScores, importance_scores
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.models import VAE
 from pyro_vae.preprocessing import TablePreprocessor
-from pyro_vae.scoring import log_likelihood
 from pyro_vae.training import fit
+
+DETECTOR_KIND = "novelty-detector"
+PARAMETERS = (
+    "latent_dim",
+    "hidden",
+    "epochs",
+    "batch_size",
+    "lr",
+    "num_samples",
+    "contamination",
+    "df",
+    "random_state",
+    "device",
+    "progress",
+)
 
 
 def _as_table(X, name: str = "X") -> torch.Tensor:
@@ -106,9 +129,8 @@ class NoveltyDetector:
         latent, hidden, epochs = self._sizes(*x.shape)
         seed = self.random_state if self.random_state is not None else int(torch.randint(2**31, ()).item())
         pyro.set_rng_seed(seed)
-        binary = self.preprocessor_.binary.tolist()
-        self.model_ = VAE.build((x.shape[1],), latent, hidden, "mlp", "mixed", binary=binary, df=self.df)
-        self.guide_ = AmortizedNormal.build((x.shape[1],), latent, hidden, "mlp")
+        self.latent_dim_, self.hidden_ = latent, hidden
+        self._build_networks()
         self.history_ = fit(
             self.model_,
             self.guide_,
@@ -122,27 +144,44 @@ class NoveltyDetector:
             seed=seed,
             progress=self.progress,
         )
-        self.offset_ = float(np.quantile(self._score(x), self.contamination))
+        self.train_scores_ = np.sort(self._score(x).log_likelihood)
+        self.offset_ = float(np.quantile(self.train_scores_, self.contamination))
         return self
 
-    def _score(self, x: torch.Tensor) -> np.ndarray:
+    def _build_networks(self) -> None:
+        columns = int(self.preprocessor_.keep.sum())
+        binary = self.preprocessor_.binary.tolist()
+        self.model_ = VAE.build((columns,), self.latent_dim_, self.hidden_, "mlp", "mixed", binary=binary, df=self.df)
+        self.guide_ = AmortizedNormal.build((columns,), self.latent_dim_, self.hidden_, "mlp")
+
+    def _score(self, x: torch.Tensor) -> ImportanceScores:
         pyro.set_rng_seed(self.random_state if self.random_state is not None else 0)
         device = next(self.model_.parameters()).device
-        scores = log_likelihood(self.model_, self.guide_, x.to(device), num_samples=self.num_samples)
-        return scores.cpu().numpy().astype(np.float64)
+        return importance_scores(self.model_, self.guide_, x.to(device), num_samples=self.num_samples)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "offset_"):
             raise RuntimeError("this NoveltyDetector is not fitted yet; call fit(X) first")
 
-    def score_samples(self, X) -> np.ndarray:
-        """Importance-sampled log p(x) of every row, in nats of the preprocessed data: higher is
-        more normal."""
+    def score_with_diagnostics(self, X) -> ImportanceScores:
+        """Importance-sampled log p(x) of every row with the Pareto-k̂ of its weights."""
         self._check_fitted()
         x = _as_table(X)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} columns, but the detector was fitted on {self.n_features_in_}")
         return self._score(self.preprocessor_.transform(x))
+
+    def score_samples(self, X) -> np.ndarray:
+        """Importance-sampled log p(x) of every row, in nats of the preprocessed data: higher is
+        more normal."""
+        return self.score_with_diagnostics(X).log_likelihood
+
+    def tail_probability(self, scores: np.ndarray) -> np.ndarray:
+        """The empirical probability that a training row scores at most ``scores`` (outputs of
+        :meth:`score_samples`), as a conformal p-value: (1 + #{training ≤ s}) / (n + 1)."""
+        self._check_fitted()
+        below = np.searchsorted(self.train_scores_, np.asarray(scores, dtype=np.float64), side="right")
+        return (1 + below) / (len(self.train_scores_) + 1)
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""
@@ -151,3 +190,38 @@ class NoveltyDetector:
     def predict(self, X) -> np.ndarray:
         """+1 for inliers, -1 for outliers."""
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector (parameters, preprocessing, training scores) to one
+        checkpoint file, atomically."""
+        self._check_fitted()
+        config = {
+            "kind": DETECTOR_KIND,
+            "parameters": {name: getattr(self, name) for name in PARAMETERS},
+            "n_features_in": self.n_features_in_,
+            "latent_dim": self.latent_dim_,
+            "hidden": list(self.hidden_),
+            "offset": self.offset_,
+        }
+        arrays = {"train_scores": torch.as_tensor(self.train_scores_)}
+        return save_checkpoint(path, self.model_, self.guide_, config, self.preprocessor_.state_dict(), arrays)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> NoveltyDetector:
+        """Read a detector written by :meth:`save`; refuses files that are not detectors."""
+        torch_device = resolve_device(device)
+        checkpoint = load_checkpoint(path, map_location=torch_device)
+        config = checkpoint.config
+        if config.get("kind") != DETECTOR_KIND:
+            raise ValueError(f"{path} is not a NoveltyDetector file (it holds a {config.get('kind', 'training run')})")
+        detector = cls(**{**config["parameters"], "device": str(torch_device)})
+        detector.n_features_in_ = config["n_features_in"]
+        detector.latent_dim_, detector.hidden_ = config["latent_dim"], tuple(config["hidden"])
+        detector.preprocessor_ = TablePreprocessor.from_state_dict(checkpoint.preprocessing)
+        detector._build_networks()
+        checkpoint.load_into(detector.model_, detector.guide_)
+        detector.model_.to(torch_device).eval()
+        detector.guide_.to(torch_device).eval()
+        detector.train_scores_ = checkpoint.arrays["train_scores"].double().cpu().numpy()
+        detector.offset_ = config["offset"]
+        return detector

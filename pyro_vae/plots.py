@@ -123,3 +123,47 @@ def score_histogram(
     axes.set_title(title)
     axes.grid(alpha=0.3)
     return _save(figure, path)
+
+
+def reference_histogram(
+    reference: np.ndarray, scores: np.ndarray, threshold: float, path: str | Path, title: str, label: str = "log p(x)"
+) -> Path:
+    """Training (reference) scores against new scores, as densities on shared bins, with the
+    novelty threshold."""
+    figure, axes = plt.subplots(figsize=(6.5, 3.8))
+    finite = np.concatenate([reference, scores])
+    low, high = np.percentile(finite, [0.5, 100])
+    bins = np.linspace(min(low, threshold), high, 60)
+    clipped = [np.clip(values, bins[0], bins[-1]) for values in (reference, scores)]
+    axes.hist(clipped[0], bins=bins, density=True, alpha=0.55, color="tab:blue", label=f"training ({len(reference)})")
+    axes.hist(clipped[1], bins=bins, density=True, alpha=0.55, color="tab:orange", label=f"new ({len(scores)})")
+    flagged = np.mean(scores < threshold)
+    axes.axvline(
+        threshold, color="tab:red", linewidth=1.5, label=f"threshold {threshold:.1f} ({flagged:.1%} of new flagged)"
+    )
+    axes.set_xlabel(f"{label} per datum (nats); lower = more novel; lowest 0.5 % drawn at the left edge")
+    axes.set_ylabel("density")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def roc_curve(novel: np.ndarray, novelty: np.ndarray, path: str | Path, title: str) -> tuple[Path, float]:
+    """ROC of a novelty score (higher = more novel) against true labels (1 = novel); returns the
+    PNG path and the AUROC."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as curve
+
+    false_positive, true_positive, _ = curve(novel, novelty)
+    auroc = float(roc_auc_score(novel, novelty))
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot(false_positive, true_positive, color="tab:blue", label=f"AUROC {auroc:.3f}")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
+    axes.set_xlabel("false positive rate (normal data flagged)")
+    axes.set_ylabel("true positive rate (novel data flagged)")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    axes.grid(alpha=0.3)
+    axes.set_aspect("equal")
+    return _save(figure, path), auroc

@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import shared_data
 
-COMMANDS = ("train", "evaluate", "sample", "reconstruct", "style", "score")
+COMMANDS = ("train", "evaluate", "sample", "reconstruct", "style", "score", "fit-detector")
 
 
 def pyro_vae(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -46,7 +47,7 @@ def test_help_of_every_command(command):
     assert result.returncode == 0
     assert "usage: pyro-vae " + command in result.stdout
     assert "(default: None)" not in result.stdout
-    if command != "train":
+    if command not in ("train", "fit-detector"):
         assert "run directory" in result.stdout
 
 
@@ -112,7 +113,59 @@ def test_score_other_split(run_dir, tmp_path):
     with (tmp_path / "scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1438
-    assert {"rank", "index", "label", "log_likelihood", "elbo"} <= set(rows[0])
+    assert {"rank", "index", "label", "log_likelihood", "elbo", "pareto_k", "tail_probability", "novel"} <= set(rows[0])
+    assert (tmp_path / "scores_vs_training.png").is_file()
+
+
+def anomaly_table(path: Path) -> Path:
+    """An NPZ like ADBench's: 2-D structured inliers (y = 0) and off-structure outliers (y = 1)."""
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(600, 2))
+    x = latent @ rng.normal(size=(2, 6)) + 0.05 * rng.normal(size=(600, 6))
+    y = np.zeros(600, dtype=np.int64)
+    x[:30] += 1.5 * rng.normal(size=(30, 6))
+    y[:30] = 1
+    np.savez(path, X=x * 100.0, y=y)
+    return path
+
+
+def test_fit_detector_then_score_with_labels(tmp_path):
+    data = anomaly_table(tmp_path / "table.npz")
+    out = tmp_path / "detector"
+    fitted = pyro_vae("fit-detector", str(data), "--out", str(out), "--quiet")  # the defaults
+    assert fitted.returncode == 0, fitted.stderr
+    assert "600 rows x 6 columns" in fitted.stdout
+    again = pyro_vae("fit-detector", str(data), "--out", str(out), "--epochs", "1", "--quiet")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+    scored = pyro_vae("score", str(out), "--data", str(data), "--netcdf")
+    assert scored.returncode == 0, scored.stderr
+    assert "AUROC" in scored.stdout
+    with (out / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 600
+    scores = [float(row["log_likelihood"]) for row in rows]
+    assert scores == sorted(scores)  # most novel first
+    assert sum(int(row["label"]) for row in rows[:30]) >= 25  # the outliers come first
+    assert all(0 < float(row["tail_probability"]) <= 1 for row in rows)
+    metrics = json.loads((out / "scores_metrics.json").read_text())
+    assert metrics["auroc"] > 0.95
+    assert 0.05 < metrics["flagged"] / 600 < 0.2  # contamination 0.1 of the same data
+    for name in ("scores_roc.png", "scores_vs_training.png", "scores_histogram.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "scores.nc").read_bytes()[:4] == b"\x89HDF"
+
+
+def test_score_with_a_detector_needs_data_of_its_columns(tmp_path):
+    data = anomaly_table(tmp_path / "table.npz")
+    out = tmp_path / "detector"
+    assert pyro_vae("fit-detector", str(data), "--out", str(out), "--epochs", "2", "--quiet").returncode == 0
+    no_data = pyro_vae("score", str(out))
+    assert no_data.returncode == 2 and "--data" in no_data.stderr
+    narrow = tmp_path / "narrow.csv"
+    narrow.write_text("a,b\n1,2\n3,4\n")
+    wrong = pyro_vae("score", str(out), "--data", str(narrow))
+    assert wrong.returncode == 2 and "fitted on 6" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
 def test_errors_are_one_clear_line(run_dir, tmp_path):

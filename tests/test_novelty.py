@@ -24,7 +24,7 @@ def messy_table(rows: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fitted():
-    detector = NoveltyDetector(contamination=0.05, epochs=40, num_samples=20, random_state=0)
+    detector = NoveltyDetector(contamination=0.05, epochs=40, num_samples=50, random_state=0)
     return detector.fit(messy_table(1000, seed=0))
 
 
@@ -89,3 +89,37 @@ def test_bad_input_is_named(fitted):
         NoveltyDetector().predict(table)
     with pytest.raises(ValueError, match="contamination"):
         NoveltyDetector(contamination=0.7).fit(messy_table(100, seed=8))
+
+
+def test_save_and_load_give_the_same_detector(fitted, tmp_path):
+    path = fitted.save(tmp_path / "detector.pt")
+    loaded = NoveltyDetector.load(path)
+    table = messy_table(50, seed=9)
+    assert np.array_equal(loaded.score_samples(table), fitted.score_samples(table))
+    assert loaded.offset_ == fitted.offset_ and loaded.contamination == fitted.contamination
+    assert np.array_equal(loaded.predict(table), fitted.predict(table))
+
+
+def test_loading_a_file_that_is_no_detector_is_refused(tmp_path):
+    from pyro_vae.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "checkpoint.pt", None, None, {"dataset": "digits"})
+    with pytest.raises(ValueError, match="not a NoveltyDetector"):
+        NoveltyDetector.load(path)
+
+
+def test_tail_probability_is_the_training_rank(fitted):
+    train_scores = fitted.score_samples(messy_table(1000, seed=0))
+    tail = fitted.tail_probability(train_scores)
+    assert np.all((tail > 0) & (tail <= 1))
+    order = np.argsort(train_scores)
+    assert np.all(np.diff(tail[order]) >= 0)  # lower score, smaller tail probability
+    assert abs((tail <= 0.05).mean() - 0.05) < 0.005  # a conformal p-value is uniform on the training data
+    assert fitted.tail_probability(np.array([-np.inf]))[0] == pytest.approx(1 / 1001)
+
+
+def test_every_score_carries_its_pareto_k(fitted):
+    scores = fitted.score_with_diagnostics(messy_table(40, seed=10))
+    assert scores.pareto_k.shape == (40,) and np.isfinite(scores.pareto_k).all()
+    assert scores.num_samples == fitted.num_samples
+    assert np.array_equal(scores.unreliable, scores.pareto_k > 0.7)

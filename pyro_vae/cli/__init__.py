@@ -1,5 +1,5 @@
 """The ``pyro-vae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``style``,
-``score``.
+``score`` and ``fit-detector``.
 
 Every command prints what it wrote. Errors in the input (missing files, wrong data, a checkpoint
 of another model) end the command with a one-line message and exit status 2.
@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pyro_vae.cli import queries, train
+from pyro_vae.cli import novelty, queries, train
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.training import LOSSES
@@ -107,11 +107,14 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(command=train.run)
 
 
+RUN_HELP = "run directory written by 'pyro-vae train', or its checkpoint.pt"
+
+
 def _add_run_command(
-    commands: argparse._SubParsersAction, name: str, help_text: str, handler
+    commands: argparse._SubParsersAction, name: str, help_text: str, handler, run_help: str = RUN_HELP
 ) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
-    parser.add_argument("run", help="run directory written by 'pyro-vae train', or its checkpoint.pt")
+    parser.add_argument("run", help=run_help)
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     parser.set_defaults(command=handler)
     return parser
@@ -166,12 +169,50 @@ def build_parser() -> argparse.ArgumentParser:
     style.add_argument("--out", help="PNG path (default: RUN/style_transfer.png)")
 
     score = _add_run_command(
-        commands, "score", "per-datum novelty scores (log p(x)) as CSV, most novel first, with figures", queries.score
+        commands,
+        "score",
+        "score data by log p(x) with a detector or a run: CSV most novel first, histograms, ROC",
+        novelty.score,
+        run_help=f"detector directory written by 'pyro-vae fit-detector' (or its detector.pt), or a {RUN_HELP}",
     )
-    _add_data_arguments(score)
-    score.add_argument("--num-samples", type=int, default=1000, help="importance samples K per datum")
-    score.add_argument("--out", help="folder for the report (default: the run directory)")
+    score.add_argument(
+        "--data",
+        help=f"data to score: FILE.csv, FILE.npz or {DATASETS_HELP} (default: the run's data set; required "
+        "for a detector). A 'label' column or 'y' array of 0/1 (1 = novel) adds a ROC curve",
+    )
+    score.add_argument("--data-dir", help="folder of the data files")
+    score.add_argument(
+        "--split",
+        choices=["train", "test", "all"],
+        help="part of the data (default: all of a file given with --data, else the test split)",
+    )
+    score.add_argument("--num-samples", type=int, default=1000, help="importance samples K per datum (runs)")
+    score.add_argument(
+        "--contamination", type=float, default=0.01, help="runs: fraction of training data above the threshold"
+    )
+    score.add_argument("--reference-size", type=int, default=1000, help="runs: training data scored as the reference")
+    score.add_argument("--netcdf", action="store_true", help="also write STEM.nc, an ArviZ InferenceData file")
+    score.add_argument("--out", help="folder for the report (default: the run or detector directory)")
     score.add_argument("--stem", default="scores", help="file name stem: STEM.csv, STEM_histogram.png, ...")
+
+    detector = commands.add_parser(
+        "fit-detector",
+        help="fit a NoveltyDetector to a table and write DIR/detector.pt",
+        description="Fit a NoveltyDetector (a VAE with per-column likelihoods, scored by importance-sampled "
+        "log p(x)) to a CSV or NPZ table and write OUT/detector.pt; score new data with 'pyro-vae score OUT'.",
+        formatter_class=_HelpFormatter,
+    )
+    detector.add_argument("data", help="FILE.csv (a 'label'/'y' column is ignored) or FILE.npz (array X or x)")
+    detector.add_argument("--out", required=True, help="folder for detector.pt")
+    detector.add_argument("--split", default="all", choices=["train", "test", "all"], help="rows to fit on")
+    detector.add_argument("--contamination", type=float, default=0.1, help="expected fraction of outliers")
+    detector.add_argument("--epochs", type=int, help="passes over the data (default: about 5,000 steps)")
+    detector.add_argument("--num-samples", type=int, default=100, help="importance samples K per row")
+    detector.add_argument("--seed", type=int, default=0, help="seeds the networks, training and scoring")
+    detector.add_argument("--device", default="cpu", help="auto, cpu or cuda")
+    detector.add_argument("--overwrite", action="store_true", help="replace a detector already in --out")
+    detector.add_argument("--quiet", action="store_true", help="no progress bar")
+    detector.set_defaults(command=novelty.fit_detector)
     return parser
 
 

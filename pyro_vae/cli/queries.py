@@ -1,4 +1,4 @@
-"""Commands on a trained run: ``evaluate``, ``score``, ``sample``, ``reconstruct`` and ``style``."""
+"""Commands on a trained run: ``evaluate``, ``sample``, ``reconstruct`` and ``style``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pyro_vae import plots
 from pyro_vae.cli.report import (
     class_grid,
     conditional_score_table,
-    novelty_report,
     score_name,
     score_table,
     style_transfer,
@@ -68,21 +67,6 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0
-
-
-def score(args: argparse.Namespace) -> int:
-    run = load_run(args.run, args.device)
-    x, labels, spec = _data(run, args)
-    rows = _rows(run, x, labels, args.num_samples)
-    out = Path(args.out) if args.out else run.directory
-    out.mkdir(parents=True, exist_ok=True)
-    score = score_name(run.config)
-    written = novelty_report(rows, x, out, f"{spec} {args.split}", score, stem=args.stem)
-    print(f"most novel of {len(rows)} {spec} {args.split} data (lowest {score}, nats):")
-    for row in rows[:5]:
-        print(f"  #{row['index']:<6d} label {row['label']!s:>3}  {score} {row['log_likelihood']:10.3f}")
-    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 

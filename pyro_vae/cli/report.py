@@ -10,7 +10,8 @@ import torch
 
 from pyro_vae import plots
 from pyro_vae.conditional import ClassScores, class_scores
-from pyro_vae.scoring import elbo, log_likelihood
+from pyro_vae.diagnostics import importance_scores
+from pyro_vae.scoring import elbo
 
 TOP = 10
 
@@ -24,8 +25,10 @@ def score_name(config: dict) -> str:
 def score_table(
     model, guide, x: torch.Tensor, labels: torch.Tensor | None, num_samples: int, progress: bool | None = None
 ) -> list[dict[str, float | int | str]]:
-    """Per-datum ELBO and importance-sampled log p(x), most novel (lowest log p(x)) first."""
-    log_px = log_likelihood(model, guide, x, num_samples=num_samples, progress=progress).cpu().numpy()
+    """Per-datum ELBO and importance-sampled log p(x) with the Pareto-k̂ of its weights, most
+    novel (lowest log p(x)) first."""
+    scores = importance_scores(model, guide, x, num_samples=num_samples, progress=progress)
+    log_px, pareto_k = scores.log_likelihood, scores.pareto_k
     elbos = elbo(model, guide, x, num_samples=1).cpu().numpy()
     order = np.argsort(log_px, kind="stable")
     return [
@@ -35,6 +38,7 @@ def score_table(
             "label": "" if labels is None else int(labels[index]),
             "log_likelihood": float(log_px[index]),
             "elbo": float(elbos[index]),
+            "pareto_k": float(pareto_k[index]),
         }
         for rank, index in enumerate(order)
     ]

@@ -1,0 +1,231 @@
+"""The novelty workflow: ``pyro-vae fit-detector`` and ``pyro-vae score``.
+
+``fit-detector`` trains a :class:`~pyro_vae.novelty.NoveltyDetector` on a CSV or NPZ table and
+writes ``detector.pt``. ``score`` scores new data with a detector or with a run written by
+``pyro-vae train``: a CSV sorted most novel first (score, tail probability against the training
+scores, novelty flag, Pareto-k̂), a histogram of training against new scores with the threshold,
+and, when the data carry 0/1 labels (1 = novel), a ROC curve with its AUROC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_vae import plots
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.cli.report import conditional_score_table, novelty_report, score_name, score_table
+from pyro_vae.cli.stock import Run, checkpoint_path, load_run
+from pyro_vae.data import DataSplits, load_dataset
+from pyro_vae.diagnostics import UNRELIABLE_K, to_inference_data
+from pyro_vae.novelty import DETECTOR_KIND, NoveltyDetector
+
+DETECTOR_NAME = "detector.pt"
+NETCDF_COLUMNS = ("index", "log_likelihood", "elbo", "pareto_k", "tail_probability", "novel")
+
+
+def data_spec(text: str) -> str:
+    """A path ending in .csv or .npz becomes ``csv:PATH`` / ``npz:PATH``; other specs pass."""
+    suffix = Path(text).suffix.lower()
+    return f"{suffix[1:]}:{text}" if suffix in (".csv", ".npz") and ":" not in text else text
+
+
+def _split(data: DataSplits, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    parts = {"train": [(data.train_x, data.train_y)], "test": [(data.test_x, data.test_y)]}
+    parts["all"] = parts["train"] + parts["test"]
+    xs, ys = zip(*parts[split], strict=True)
+    return torch.cat(xs), None if any(part is None for part in ys) else torch.cat(ys)
+
+
+def fit_detector(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if (out / DETECTOR_NAME).exists() and not args.overwrite:
+        raise FileExistsError(f"{out / DETECTOR_NAME} exists; pass --overwrite to replace it")
+    spec = data_spec(args.data)
+    x, _ = _split(load_dataset(spec), args.split)
+    if x.dim() != 2:
+        raise ValueError(f"fit-detector takes a table (rows, columns); {spec} holds data shaped {tuple(x.shape)}")
+    detector = NoveltyDetector(
+        epochs=args.epochs,
+        num_samples=args.num_samples,
+        contamination=args.contamination,
+        random_state=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    start = time.perf_counter()
+    detector.fit(x.numpy())
+    seconds = time.perf_counter() - start
+    path = detector.save(out / DETECTOR_NAME)
+    kept = int(detector.preprocessor_.keep.sum())
+    binary = int(detector.preprocessor_.binary.sum())
+    print(
+        f"fitted on {x.shape[0]} rows x {x.shape[1]} columns ({x.shape[1] - kept} constant dropped, {binary} binary) "
+        f"in {seconds:.1f} s; threshold log p(x) < {detector.offset_:.3f} flags {args.contamination:.1%} of them"
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+@dataclass
+class Scored:
+    """New data scored against a reference of training scores."""
+
+    rows: list[dict]  # most novel first
+    reference: np.ndarray  # sorted training scores
+    threshold: float
+    score: str  # what the score is, e.g. "log p(x)"
+
+
+def _tail_probability(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    return (1 + np.searchsorted(reference, scores, side="right")) / (len(reference) + 1)
+
+
+def _annotate(rows: list[dict], reference: np.ndarray, threshold: float) -> None:
+    scores = np.array([row["log_likelihood"] for row in rows])
+    for row, tail in zip(rows, _tail_probability(reference, scores), strict=True):
+        row["tail_probability"] = float(tail)
+        row["novel"] = int(row["log_likelihood"] < threshold)
+        if "pareto_k" in row:
+            row["unreliable"] = int(row["pareto_k"] > UNRELIABLE_K)
+
+
+def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: torch.Tensor | None) -> Scored:
+    scores = detector.score_with_diagnostics(x.numpy())
+    order = np.argsort(scores.log_likelihood, kind="stable")
+    rows = [
+        {
+            "rank": rank + 1,
+            "index": int(index),
+            "label": "" if labels is None else int(labels[index]),
+            "log_likelihood": float(scores.log_likelihood[index]),
+            "pareto_k": float(scores.pareto_k[index]),
+        }
+        for rank, index in enumerate(order)
+    ]
+    _annotate(rows, detector.train_scores_, detector.offset_)
+    return Scored(rows, detector.train_scores_, detector.offset_, "log p(x)")
+
+
+def _run_rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, num_samples: int) -> list[dict]:
+    if run.conditional:
+        return conditional_score_table(run.model, run.guide, x, labels, run.config["num_classes"], num_samples)[0]
+    return score_table(run.model, run.guide, x, labels, num_samples)
+
+
+def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels: torch.Tensor | None) -> Scored:
+    """Scores ``x``; the reference is a random subset of the run's own training data."""
+    train = load_dataset(run.config["dataset"], run.config.get("data_dir")).train_x
+    subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.reference_size]
+    reference_x = run.preprocessor.transform(train[subset]).to(run.device)
+    reference = np.sort([row["log_likelihood"] for row in _run_rows(run, reference_x, None, args.num_samples)])
+    threshold = float(np.quantile(reference, args.contamination))
+    rows = _run_rows(run, x, labels, args.num_samples)
+    _annotate(rows, reference, threshold)
+    return Scored(rows, reference, threshold, score_name(run.config))
+
+
+def _target_path(location: str) -> Path:
+    """A detector directory (holding ``detector.pt``), a run directory, or either file."""
+    path = Path(location)
+    return path / DETECTOR_NAME if (path / DETECTOR_NAME).is_file() else checkpoint_path(path)
+
+
+def _load_data(args: argparse.Namespace, default_spec: str | None, default_dir: str | None):
+    if args.data is None and default_spec is None:
+        raise ValueError("a detector has no data set of its own; pass the data to score with --data FILE.csv|FILE.npz")
+    spec = data_spec(args.data) if args.data else default_spec
+    split = args.split or ("all" if args.data and ":" in spec else "test")
+    x, labels = _split(load_dataset(spec, args.data_dir if args.data else (args.data_dir or default_dir)), split)
+    return x, labels, spec, split
+
+
+def score(args: argparse.Namespace) -> int:
+    path = _target_path(args.run)
+    if load_checkpoint(path).config.get("kind") == DETECTOR_KIND:
+        detector = NoveltyDetector.load(path, args.device)
+        x, labels, spec, split = _load_data(args, None, None)
+        scored = _score_with_detector(detector, x, labels)
+        out = Path(args.out) if args.out else path.parent
+    else:
+        run = load_run(args.run, args.device)
+        x, labels, spec, split = _load_data(args, run.config["dataset"], run.config.get("data_dir"))
+        x = run.preprocessor.transform(x).to(run.device)
+        run.model.likelihood.check_support(x)
+        scored = _score_with_run(run, args, x, labels)
+        out = Path(args.out) if args.out else run.directory
+    out.mkdir(parents=True, exist_ok=True)
+    written, metrics = _write_report(scored, x, labels, out, f"{spec} {split}", args)
+    _print_summary(scored, metrics, f"{spec} {split}")
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def _binary_labels(labels: torch.Tensor | None) -> np.ndarray | None:
+    if labels is None:
+        return None
+    values = labels.cpu().numpy()
+    return values if set(np.unique(values).tolist()) == {0, 1} else None
+
+
+def _write_report(
+    scored: Scored, x: torch.Tensor, labels: torch.Tensor | None, out: Path, name: str, args: argparse.Namespace
+) -> tuple[list[Path], dict]:
+    """The CSV, histograms, top-10 grid (images), ROC (0/1 labels), metrics JSON and, with
+    ``--netcdf``, the ArviZ file."""
+    stem = args.stem
+    written = novelty_report(scored.rows, x, out, name, scored.score, stem=stem)
+    scores = np.array([row["log_likelihood"] for row in scored.rows])
+    written.append(
+        plots.reference_histogram(
+            scored.reference,
+            scores,
+            scored.threshold,
+            out / f"{stem}_vs_training.png",
+            f"{name} against the training data",
+            scored.score,
+        )
+    )
+    novel = _binary_labels(labels)
+    flagged = int(sum(row["novel"] for row in scored.rows))
+    metrics = {"count": len(scores), "threshold": scored.threshold, "flagged": flagged}
+    if novel is not None:
+        order = [row["index"] for row in scored.rows]
+        path, metrics["auroc"] = plots.roc_curve(novel[order], -scores, out / f"{stem}_roc.png", f"{name}: ROC")
+        written.append(path)
+    elif labels is not None:
+        print("labels are not 0/1 (1 = novel), so no ROC curve is drawn")
+    if any("pareto_k" in row for row in scored.rows):
+        metrics["unreliable"] = int(sum(row.get("unreliable", 0) for row in scored.rows))
+    written.append(out / f"{stem}_metrics.json")
+    written[-1].write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.netcdf:
+        columns = [key for key in NETCDF_COLUMNS if key in scored.rows[0]]
+        per_datum = {key: np.array([row[key] for row in scored.rows]) for key in columns}
+        path = out / f"{stem}.nc"
+        to_inference_data(per_datum, threshold=scored.threshold, score=scored.score).to_netcdf(str(path))
+        written.append(path)
+    return written, metrics
+
+
+def _print_summary(scored: Scored, metrics: dict, name: str) -> None:
+    print(
+        f"{name}: {metrics['flagged']} of {metrics['count']} flagged as novel "
+        f"({scored.score} < {scored.threshold:.3f}, the training data's threshold)"
+    )
+    if "unreliable" in metrics:
+        print(f"  {metrics['unreliable']} estimates with Pareto k̂ > {UNRELIABLE_K} (not to be trusted)")
+    if "auroc" in metrics:
+        print(f"  AUROC against the labels (1 = novel): {metrics['auroc']:.4f}")
+    print(f"most novel (lowest {scored.score}, nats):")
+    for row in scored.rows[:5]:
+        print(
+            f"  #{row['index']:<6d} label {row['label']!s:>3}  {scored.score} {row['log_likelihood']:10.3f}  "
+            f"tail p {row['tail_probability']:.4f}"
+        )
