@@ -247,3 +247,18 @@ def test_conditional_options_need_labels(tmp_path):
     assert result.returncode == 2 and "needs labels" in result.stderr
     result = pyro_vae("train", "--labels-per-class", "5", "--quiet", "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "add --conditional" in result.stderr
+
+
+@pytest.mark.parametrize("correction", ["complexity", "regret"])
+def test_score_with_an_ood_correction(run_dir, tmp_path, correction):
+    result = pyro_vae(
+        "score", str(run_dir), "--correction", correction, "--num-samples", "5", "--reference-size", "100",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with (tmp_path / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    scores = [float(row["score"]) for row in rows]
+    assert scores == sorted(scores)
+    assert any(abs(float(row["score"]) - float(row["log_likelihood"])) > 1 for row in rows)  # corrected
+    assert json.loads((tmp_path / "scores_metrics.json").read_text())["count"] == 359

@@ -191,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--contamination", type=float, default=0.01, help="runs: fraction of training data above the threshold"
     )
     score.add_argument("--reference-size", type=int, default=1000, help="runs: training data scored as the reference")
+    score.add_argument(
+        "--correction",
+        default="none",
+        choices=["none", "complexity", "regret"],
+        help="runs: complexity ranks images by log p(x) + PNG length (Serrà et al. 2020), regret by minus the "
+        "likelihood regret (Xiao et al. 2020); both correct likelihood's preference for simple images",
+    )
     score.add_argument("--netcdf", action="store_true", help="also write STEM.nc, an ArviZ InferenceData file")
     score.add_argument("--out", help="folder for the report (default: the run or detector directory)")
     score.add_argument("--stem", default="scores", help="file name stem: STEM.csv, STEM_histogram.png, ...")

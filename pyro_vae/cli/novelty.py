@@ -25,9 +25,11 @@ from pyro_vae.cli.stock import Run, checkpoint_path, load_run
 from pyro_vae.data import DataSplits, load_dataset
 from pyro_vae.diagnostics import UNRELIABLE_K, to_inference_data
 from pyro_vae.novelty import DETECTOR_KIND, NoveltyDetector
+from pyro_vae.ood import complexity_corrected, likelihood_regret
 
 DETECTOR_NAME = "detector.pt"
-NETCDF_COLUMNS = ("index", "log_likelihood", "elbo", "pareto_k", "tail_probability", "novel")
+NETCDF_COLUMNS = ("index", "score", "log_likelihood", "elbo", "pareto_k", "tail_probability", "novel")
+CORRECTION_NAMES = {"complexity": "log p(x) + L(x)", "regret": "-regret"}
 
 
 def data_spec(text: str) -> str:
@@ -87,36 +89,59 @@ def _tail_probability(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return (1 + np.searchsorted(reference, scores, side="right")) / (len(reference) + 1)
 
 
+def _ranked(rows: list[dict], scores: np.ndarray | None = None) -> list[dict]:
+    """Rows with a ``score`` column (``scores`` by datum index, else log p(x)), most novel first."""
+    for row in rows:
+        row["score"] = float(row["log_likelihood"] if scores is None else scores[row["index"]])
+    rows = sorted(rows, key=lambda row: row["score"])
+    for rank, row in enumerate(rows):
+        row["rank"] = rank + 1
+    return rows
+
+
 def _annotate(rows: list[dict], reference: np.ndarray, threshold: float) -> None:
-    scores = np.array([row["log_likelihood"] for row in rows])
+    scores = np.array([row["score"] for row in rows])
     for row, tail in zip(rows, _tail_probability(reference, scores), strict=True):
         row["tail_probability"] = float(tail)
-        row["novel"] = int(row["log_likelihood"] < threshold)
+        row["novel"] = int(row["score"] < threshold)
         if "pareto_k" in row:
             row["unreliable"] = int(row["pareto_k"] > UNRELIABLE_K)
 
 
 def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: torch.Tensor | None) -> Scored:
     scores = detector.score_with_diagnostics(x.numpy())
-    order = np.argsort(scores.log_likelihood, kind="stable")
     rows = [
         {
-            "rank": rank + 1,
-            "index": int(index),
+            "rank": 0,  # set by _ranked
+            "index": index,
             "label": "" if labels is None else int(labels[index]),
             "log_likelihood": float(scores.log_likelihood[index]),
             "pareto_k": float(scores.pareto_k[index]),
         }
-        for rank, index in enumerate(order)
+        for index in range(len(x))
     ]
+    rows = _ranked(rows)
     _annotate(rows, detector.train_scores_, detector.offset_)
     return Scored(rows, detector.train_scores_, detector.offset_, "log p(x)")
 
 
-def _run_rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, num_samples: int) -> list[dict]:
+def _run_rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, args: argparse.Namespace) -> list[dict]:
+    """Per-datum scores of a run, ranked by the ``--correction`` asked for."""
     if run.conditional:
-        return conditional_score_table(run.model, run.guide, x, labels, run.config["num_classes"], num_samples)[0]
-    return score_table(run.model, run.guide, x, labels, num_samples)
+        if args.correction != "none":
+            raise ValueError("--correction works with unconditional runs only")
+        rows = conditional_score_table(run.model, run.guide, x, labels, run.config["num_classes"], args.num_samples)[0]
+        return _ranked(rows)
+    rows = score_table(run.model, run.guide, x, labels, args.num_samples)
+    if args.correction == "none":
+        return _ranked(rows)
+    log_px = np.empty(len(rows))
+    log_px[[row["index"] for row in rows]] = [row["log_likelihood"] for row in rows]
+    if args.correction == "complexity":
+        if x.dim() != 4:
+            raise ValueError("--correction complexity compresses images; this run's data are not images")
+        return _ranked(rows, complexity_corrected(log_px, x))
+    return _ranked(rows, -likelihood_regret(run.model, run.guide, x, progress=None).cpu().numpy())
 
 
 def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels: torch.Tensor | None) -> Scored:
@@ -124,11 +149,11 @@ def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels:
     train = load_dataset(run.config["dataset"], run.config.get("data_dir")).train_x
     subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.reference_size]
     reference_x = run.preprocessor.transform(train[subset]).to(run.device)
-    reference = np.sort([row["log_likelihood"] for row in _run_rows(run, reference_x, None, args.num_samples)])
+    reference = np.sort([row["score"] for row in _run_rows(run, reference_x, None, args)])
     threshold = float(np.quantile(reference, args.contamination))
-    rows = _run_rows(run, x, labels, args.num_samples)
+    rows = _run_rows(run, x, labels, args)
     _annotate(rows, reference, threshold)
-    return Scored(rows, reference, threshold, score_name(run.config))
+    return Scored(rows, reference, threshold, CORRECTION_NAMES.get(args.correction, score_name(run.config)))
 
 
 def _target_path(location: str) -> Path:
@@ -180,8 +205,8 @@ def _write_report(
     """The CSV, histograms, top-10 grid (images), ROC (0/1 labels), metrics JSON and, with
     ``--netcdf``, the ArviZ file."""
     stem = args.stem
-    written = novelty_report(scored.rows, x, out, name, scored.score, stem=stem)
-    scores = np.array([row["log_likelihood"] for row in scored.rows])
+    written = novelty_report(scored.rows, x, out, name, scored.score, stem=stem, key="score")
+    scores = np.array([row["score"] for row in scored.rows])
     written.append(
         plots.reference_histogram(
             scored.reference,
@@ -226,6 +251,6 @@ def _print_summary(scored: Scored, metrics: dict, name: str) -> None:
     print(f"most novel (lowest {scored.score}, nats):")
     for row in scored.rows[:5]:
         print(
-            f"  #{row['index']:<6d} label {row['label']!s:>3}  {scored.score} {row['log_likelihood']:10.3f}  "
+            f"  #{row['index']:<6d} label {row['label']!s:>3}  {scored.score} {row['score']:10.3f}  "
             f"tail p {row['tail_probability']:.4f}"
         )

@@ -53,11 +53,18 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 
 
 def novelty_report(
-    rows: list[dict], x: torch.Tensor, out: Path, name: str, score: str = "log p(x)", stem: str = "novelty"
+    rows: list[dict],
+    x: torch.Tensor,
+    out: Path,
+    name: str,
+    score: str = "log p(x)",
+    stem: str = "novelty",
+    key: str = "log_likelihood",
 ) -> list[Path]:
-    """Write ``<stem>.csv`` (every datum, most novel first), a histogram of the scores with the
-    ten most novel marked, and for images a grid of those ten with their scores."""
-    scores = np.array([row["log_likelihood"] for row in rows])
+    """Write ``<stem>.csv`` (every datum, most novel first), a histogram of the scores (column
+    ``key``, described by ``score``) with the ten most novel marked, and for images a grid of
+    those ten with their scores."""
+    scores = np.array([row[key] for row in rows])
     written = [write_csv(rows, out / f"{stem}.csv")]
     written.append(
         plots.score_histogram(
@@ -71,7 +78,7 @@ def novelty_report(
     if x.dim() == 4:
         top = rows[:TOP]
         captions = [
-            f"#{row['index']}" + (f" ({row['label']})" if row["label"] != "" else "") + f"\n{row['log_likelihood']:.1f}"
+            f"#{row['index']}" + (f" ({row['label']})" if row["label"] != "" else "") + f"\n{row[key]:.1f}"
             for row in top
         ]
         written.append(
