@@ -22,6 +22,7 @@ from pyro_vae.data import MISSING_LABEL
 from pyro_vae.nets import MLP, LabelEncoding, build_encoder, concat_features
 
 ENUMERATE = {"enumerate": "parallel"}
+CLASSIFIER_DEFAULTS = {"mlp": (500, 500), "conv": (32, 64)}  # when its architecture differs from the encoder's
 
 
 class ConditionalNormal(PyroModule):
@@ -60,14 +61,21 @@ class ConditionalNormal(PyroModule):
         hidden: Sequence[int] = (400,),
         arch: str = "mlp",
         embedding_dim: int | None = None,
+        classifier_arch: str | None = None,
+        classifier_hidden: Sequence[int] | None = None,
     ) -> ConditionalNormal:
-        """A guide with stock networks: ``hidden`` are the encoder's and the classifier's layer
-        widths (``mlp``) or channels (``conv``) from the input inwards."""
+        """A guide with stock networks: ``hidden`` are the encoder's layer widths (``mlp``) or
+        channels (``conv``) from the input inwards; the classifier q(y | x) has the same unless
+        ``classifier_arch`` and ``classifier_hidden`` say otherwise (a ``conv`` classifier with
+        ``(32, 64)`` channels generalizes better from few labels than an MLP)."""
         labels = LabelEncoding(num_classes, embedding_dim)
         feature_dim = 256
         features = nn.Sequential(build_encoder(arch, x_shape, hidden, feature_dim), nn.ReLU())
         head = MLP(feature_dim + labels.dim, [feature_dim], 2 * latent_dim)
-        classifier = build_encoder(arch, x_shape, hidden, num_classes)
+        classifier_arch = classifier_arch or arch
+        if classifier_hidden is None:
+            classifier_hidden = hidden if classifier_arch == arch else CLASSIFIER_DEFAULTS[classifier_arch]
+        classifier = build_encoder(classifier_arch, x_shape, classifier_hidden, num_classes)
         return cls(features, head, classifier, labels, latent_dim)
 
     def label_posterior(self, x: torch.Tensor) -> dist.TorchDistribution:

@@ -130,8 +130,16 @@ def _as_tensors(data: Data) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _batches(
-    data: Data, batch_size: int, generator: torch.Generator, device: torch.device
+    data: Data,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    if transform is not None:
+        for x, y in _batches(data, batch_size, generator, device):
+            yield transform(x), y
+        return
     if isinstance(data, Dataset):
         for batch in DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator):
             yield _to_device(_collated(batch), device)
@@ -222,6 +230,7 @@ def fit(
     device: str = "cpu",
     seed: int | None = 0,
     progress: bool | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` and ``guide`` by SVI and return the :class:`History`.
 
@@ -256,6 +265,9 @@ def fit(
         on CPU for the same initial parameters (seed before building the networks, e.g. with
         ``pyro.set_rng_seed``, to fix those too). ``None`` leaves the random state alone.
     :param progress: show a progress bar (``None``: only on a terminal).
+    :param transform: applied to every training minibatch ``x`` on the device, and once to the
+        validation data; e.g. ``torch.bernoulli`` on grey-level images binarizes them afresh in
+        every epoch (dynamic binarization), which regularizes like data augmentation.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -275,6 +287,8 @@ def fit(
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
 
     first_x, first_y = _first_batch(train_data, batch_size, torch_device)
+    if transform is not None:
+        first_x = transform(first_x)
     _evict_stale_params(model, guide, first_x, first_y, size)
     kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
     weighted = beta != 1.0 or warmup_epochs > 0
@@ -287,12 +301,14 @@ def fit(
         _make_loss(loss, num_particles, vectorize_particles, max_plate_nesting(model, guide, first_x, first_y)),
     )
     x_val, y_val = _to_device(_as_tensors(val_data), torch_device) if val_data is not None else (None, None)
+    if transform is not None and x_val is not None:
+        x_val = transform(x_val)
     history = History()
     best = _BestEpoch(keep_parameters=patience is not None)
     bar = progress_bar(range(1, epochs + 1), desc="training", unit="epoch", show=progress)
     for epoch in bar:
         start = time.perf_counter()
-        batches = _batches(train_data, batch_size, generator, torch_device)
+        batches = _batches(train_data, batch_size, generator, torch_device, transform)
         schedule = _KLSchedule(kl_handler, beta, warmup_epochs, epoch, math.ceil(size / batch_size))
         train_elbo = _train_epoch(svi, batches, size, schedule)
         val_elbo = elbo(model, guide, x_val, y_val).mean().item() if x_val is not None else math.nan

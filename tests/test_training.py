@@ -3,6 +3,7 @@ reproducible, and its options (β, warm-up, losses, early stopping) do what they
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import pyro
@@ -306,3 +307,21 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
     model, guide = stock_pair((6,), "bernoulli")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         pyro_vae.fit(model, guide, torch.zeros(10, 6), device="cuda", progress=False)
+
+
+def test_transform_binarizes_every_minibatch_afresh(digits):
+    grey = digits.train_x[:300]  # pixels in [0, 1]: outside a Bernoulli's support
+    model = VAE.build(digits.x_shape, 2, [32], "mlp", "bernoulli")
+    guide = AmortizedNormal.build(digits.x_shape, 2, [32], "mlp")
+    with pytest.raises(ValueError):
+        pyro_vae.fit(model, guide, grey, epochs=1, validation=None, progress=False)
+    seen: list[torch.Tensor] = []
+
+    def binarize(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return torch.bernoulli(x)
+
+    history = pyro_vae.fit(model, guide, grey, epochs=2, batch_size=100, validation=0.2, transform=binarize)
+    assert len(history.val_elbo) == 2 and all(map(math.isfinite, history.val_elbo))
+    # The first batch (structure check), the validation data once, then 3 batches per epoch.
+    assert len(seen) == 1 + 1 + 2 * 3

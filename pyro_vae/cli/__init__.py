@@ -98,6 +98,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--embedding-dim", type=int, help="with --conditional: learned label embedding (default one-hot)"
     )
+    parser.add_argument(
+        "--classifier-arch",
+        choices=ARCHITECTURES,
+        help="with --conditional: network of q(y|x) (default: --arch); conv generalizes better from few labels",
+    )
     parser.add_argument("--score-samples", type=int, default=1000, help="K for the test log p(x) and novelty report")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights, minibatches and sampling")

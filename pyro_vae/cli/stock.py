@@ -31,7 +31,16 @@ def _build_conditional(config: dict) -> tuple[ConditionalVAE, ConditionalNormal]
     classes, embedding = config["num_classes"], config.get("embedding_dim")
     options = config.get("likelihood_options", {})
     model = ConditionalVAE.build(x_shape, classes, latent_dim, hidden, arch, config["likelihood"], embedding, **options)
-    guide = ConditionalNormal.build(x_shape, classes, latent_dim, hidden, arch, embedding)
+    guide = ConditionalNormal.build(
+        x_shape,
+        classes,
+        latent_dim,
+        hidden,
+        arch,
+        embedding,
+        config.get("classifier_arch"),
+        config.get("classifier_hidden"),
+    )
     if config.get("alpha", 0) > 0:
         model.classifier, model.alpha = guide.classifier, config["alpha"]
     return model, guide

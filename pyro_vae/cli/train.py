@@ -90,6 +90,7 @@ def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict
             "conditional": True,
             "num_classes": int(data.train_y.max()) + 1,
             "embedding_dim": args.embedding_dim,
+            "classifier_arch": args.classifier_arch,
             "labels_per_class": args.labels_per_class,
             "alpha": args.alpha if args.labels_per_class is not None else 0.0,
         }
