@@ -11,6 +11,8 @@
   optional ``y``.
 - ``csv:PATH``: a numeric table, optional header; a column named ``label`` or ``y`` is taken as
   labels.
+- ``images:DIR``: the PNG/JPEG/BMP files in ``DIR`` (grey-scale unless any is in colour; all of
+  one size); files in subfolders named by integers take those as labels (``DIR/0/a.png``).
 
 Images come out as float tensors ``[N, channels, height, width]`` scaled to [0, 1]; tables as
 ``[N, columns]`` in their own units (see :mod:`pyro_vae.preprocessing`). Without a given test
@@ -207,6 +209,30 @@ def load_csv(path: Path) -> DataSplits:
     return _split(table.astype(np.float32), labels, 0.2, path.stem)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def load_images(folder: Path) -> DataSplits:
+    from PIL import Image
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} not found")
+    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    images = [Image.open(path) for path in paths]
+    mode = "RGB" if any(image.mode not in ("1", "L", "LA", "I", "I;16", "P") for image in images) else "L"
+    arrays = [np.asarray(image.convert(mode)) for image in images]
+    sizes = {array.shape for array in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"the images in {folder} differ in size ({sorted(sizes)[:3]}); resize them to one size")
+    stacked = np.stack(arrays)
+    stacked = stacked.transpose(0, 3, 1, 2) if mode == "RGB" else stacked
+    parents = [path.parent.relative_to(folder).as_posix() for path in paths]
+    labels = np.array([int(parent) for parent in parents]) if all(p.lstrip("-").isdigit() for p in parents) else None
+    return _split(_images01(stacked), labels, 0.2, folder.name)
+
+
 def load_dataset(spec: str, data_dir: str | Path | None = None, download: bool = False) -> DataSplits:
     """Load the data set named by ``spec`` (see the module docstring).
 
@@ -218,6 +244,8 @@ def load_dataset(spec: str, data_dir: str | Path | None = None, download: bool =
         return load_npz(Path(spec[4:]))
     if spec.startswith("csv:"):
         return load_csv(Path(spec[4:]))
+    if spec.startswith("images:"):
+        return load_images(Path(spec[7:]))
     if spec == "digits":
         return load_digits()
     folder = Path(data_dir) if data_dir is not None else Path("data") / spec
@@ -225,7 +253,9 @@ def load_dataset(spec: str, data_dir: str | Path | None = None, download: bool =
         return load_idx_dataset(spec, folder, download)
     if spec == "frey":
         return load_frey(folder)
-    raise ValueError(f"unknown data set {spec!r}; use one of {', '.join(NAMED_DATASETS)}, npz:PATH or csv:PATH")
+    raise ValueError(
+        f"unknown data set {spec!r}; use one of {', '.join(NAMED_DATASETS)}, npz:PATH, csv:PATH or images:DIR"
+    )
 
 
 def hide_labels(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:

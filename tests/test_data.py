@@ -101,3 +101,24 @@ def test_preprocessing_is_fitted_on_training_data(method):
 def test_binarization():
     preprocessor = Preprocessor("none", binarize=0.5).fit(torch.zeros(1, 3))
     assert torch.equal(preprocessor.transform(torch.tensor([[0.2, 0.5, 0.9]])), torch.tensor([[0.0, 0.0, 1.0]]))
+
+
+def test_a_folder_of_images_with_class_subfolders(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in (0, 1):
+        (tmp_path / str(label)).mkdir()
+        for index in range(5):
+            pixels = rng.integers(0, 256, size=(6, 4), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / str(label) / f"{index}.png")
+    data = load_dataset(f"images:{tmp_path}")
+    x = torch.cat([data.train_x, data.test_x])
+    y = torch.cat([data.train_y, data.test_y])
+    assert x.shape == (10, 1, 6, 4) and 0 <= x.min() and x.max() <= 1
+    assert sorted(y.tolist()) == [0] * 5 + [1] * 5
+    Image.fromarray(np.zeros((3, 3), dtype=np.uint8)).save(tmp_path / "0" / "small.png")
+    with pytest.raises(ValueError, match="differ in size"):
+        load_dataset(f"images:{tmp_path}")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_dataset(f"images:{tmp_path / 'missing'}")

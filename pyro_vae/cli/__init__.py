@@ -16,7 +16,7 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.training import LOSSES
 
-DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, npz:PATH or csv:PATH"
+DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, npz:PATH, csv:PATH or images:DIR"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -182,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument(
         "--data",
-        help=f"data to score: FILE.csv, FILE.npz or {DATASETS_HELP} (default: the run's data set; required "
-        "for a detector). A 'label' column or 'y' array of 0/1 (1 = novel) adds a ROC curve",
+        help=f"data to score: FILE.csv, FILE.npz, a folder of images, or {DATASETS_HELP} (default: the run's "
+        "data set; required for a detector). A 'label' column, 'y' array or folders 0/ and 1/ of 0/1 labels "
+        "(1 = novel) add a ROC curve",
     )
     score.add_argument("--data-dir", help="folder of the data files")
     score.add_argument(

@@ -33,9 +33,14 @@ CORRECTION_NAMES = {"complexity": "log p(x) + L(x)", "regret": "-regret"}
 
 
 def data_spec(text: str) -> str:
-    """A path ending in .csv or .npz becomes ``csv:PATH`` / ``npz:PATH``; other specs pass."""
+    """A path ending in .csv or .npz becomes ``csv:PATH`` / ``npz:PATH``, a folder
+    ``images:DIR``; other specs pass."""
+    if ":" in text:
+        return text
     suffix = Path(text).suffix.lower()
-    return f"{suffix[1:]}:{text}" if suffix in (".csv", ".npz") and ":" not in text else text
+    if suffix in (".csv", ".npz"):
+        return f"{suffix[1:]}:{text}"
+    return f"images:{text}" if Path(text).is_dir() else text
 
 
 def _split(data: DataSplits, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
