@@ -29,10 +29,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 from PIL import Image
-from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.latent import posterior
 from pyro_vae.progress import progress_bar
 from pyro_vae.scoring import elbo
 
@@ -63,22 +62,13 @@ def _normal_site(
     guide: Callable, x: torch.Tensor, y: torch.Tensor | None
 ) -> tuple[str, torch.Tensor, torch.Tensor, int]:
     """The one latent site of the guide, with the location, scale and event dims of its Normal."""
-    with torch.no_grad(), poutine.block():
-        trace = prune_subsample_sites(poutine.trace(guide).get_trace(x, y=y, size=x.shape[0]))
-    sites = [
-        site
-        for site in trace.nodes.values()
-        if site["type"] == "sample" and not site["is_observed"] and not site["infer"].get("is_auxiliary")
-    ]
-    if len(sites) != 1:
-        raise ValueError(f"likelihood regret needs a guide with one latent site; this one has {len(sites)}")
-    site = sites[0]
-    fn, event_dims = site["fn"], site["fn"].event_dim
+    name, fn = posterior(guide, x, y)
+    event_dims = fn.event_dim
     while isinstance(fn, dist.Independent):
         fn = fn.base_dist
     if not isinstance(fn, dist.Normal):
-        raise ValueError(f"likelihood regret needs a Normal guide site; {site['name']!r} is {type(fn).__name__}")
-    return site["name"], fn.loc.detach(), fn.scale.detach(), event_dims
+        raise ValueError(f"likelihood regret needs a Normal guide site; {name!r} is {type(fn).__name__}")
+    return name, fn.loc.detach(), fn.scale.detach(), event_dims
 
 
 def _fitted_guide(name: str, loc: torch.Tensor, log_scale: torch.Tensor, event_dims: int) -> Callable:

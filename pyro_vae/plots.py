@@ -167,3 +167,26 @@ def roc_curve(novel: np.ndarray, novelty: np.ndarray, path: str | Path, title: s
     axes.grid(alpha=0.3)
     axes.set_aspect("equal")
     return _save(figure, path), auroc
+
+
+def scatter(
+    points: np.ndarray,
+    labels: np.ndarray | None,
+    path: str | Path,
+    title: str,
+    axis_labels: tuple[str, str] = ("z₁", "z₂"),
+) -> Path:
+    """2-D points, coloured by integer labels with a legend (or plain without labels)."""
+    figure, axes = plt.subplots(figsize=(6, 5.5))
+    if labels is None:
+        axes.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
+    else:
+        for label in np.unique(labels):
+            chosen = labels == label
+            axes.scatter(points[chosen, 0], points[chosen, 1], s=4, alpha=0.6, label=str(label))
+        axes.legend(title="label", markerscale=3, fontsize=8, loc="best")
+    axes.set_xlabel(axis_labels[0])
+    axes.set_ylabel(axis_labels[1])
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
