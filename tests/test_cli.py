@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import shared_data
 
-COMMANDS = ("train", "evaluate", "sample", "reconstruct", "style", "score", "fit-detector")
+COMMANDS = ("train", "evaluate", "sample", "reconstruct", "style", "score", "fit-detector", "latent")
 
 
 def pyro_vae(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -47,7 +47,7 @@ def test_help_of_every_command(command):
     assert result.returncode == 0
     assert "usage: pyro-vae " + command in result.stdout
     assert "(default: None)" not in result.stdout
-    if command not in ("train", "fit-detector"):
+    if command not in ("train", "fit-detector", "latent"):
         assert "run directory" in result.stdout
 
 
@@ -262,3 +262,21 @@ def test_score_with_an_ood_correction(run_dir, tmp_path, correction):
     assert scores == sorted(scores)
     assert any(abs(float(row["score"]) - float(row["log_likelihood"])) > 1 for row in rows)  # corrected
     assert json.loads((tmp_path / "scores_metrics.json").read_text())["count"] == 359
+
+
+def test_latent_figures(run_dir, tmp_path):
+    for view, options in {"interpolate": ["--pairs", "2"], "traverse": ["--index", "3"], "scatter": []}.items():
+        out = tmp_path / f"{view}.png"
+        result = pyro_vae("latent", view, str(run_dir), "--out", str(out), *options)
+        assert result.returncode == 0, result.stderr
+        assert out.read_bytes()[:4] == b"\x89PNG"
+    not_2d = pyro_vae("latent", "manifold", str(run_dir), "--out", str(tmp_path / "m.png"))
+    assert not_2d.returncode == 2 and "--latent-dim 2" in not_2d.stderr
+    flat = tmp_path / "flat"
+    trained = pyro_vae(
+        "train", "--latent-dim", "2", "--epochs", "1", "--score-samples", "2", "--quiet", "--out", str(flat)
+    )
+    assert trained.returncode == 0, trained.stderr
+    manifold = pyro_vae("latent", "manifold", str(flat), "--points", "5")
+    assert manifold.returncode == 0, manifold.stderr
+    assert (flat / "latent_manifold.png").is_file()

@@ -1,5 +1,5 @@
 """The ``pyro-vae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``style``,
-``score`` and ``fit-detector``.
+``score``, ``fit-detector`` and ``latent``.
 
 Every command prints what it wrote. Errors in the input (missing files, wrong data, a checkpoint
 of another model) end the command with a one-line message and exit status 2.
@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pyro_vae.cli import novelty, queries, train
+from pyro_vae.cli import latent, novelty, queries, train
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.training import LOSSES
@@ -131,6 +131,35 @@ def _add_data_arguments(parser: argparse.ArgumentParser, split: str = "test") ->
     parser.add_argument("--split", default=split, choices=["train", "test", "all"])
 
 
+def _add_latent(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "latent",
+        help="figures of the latent space: manifold, interpolate, traverse, scatter",
+        description="Figures of a run's latent space, written as RUN/latent_<view>.png (or --out).",
+        formatter_class=_HelpFormatter,
+    )
+    views = parser.add_subparsers(dest="view", required=True)
+    help_texts = {
+        "manifold": "2-D latents: decode a grid of z = Φ⁻¹(u) over the unit square (Kingma & Welling, Fig. 4)",
+        "interpolate": "decode the latent path between pairs of data",
+        "traverse": "vary one latent dimension at a time around one datum",
+        "scatter": "posterior means coloured by label (PCA beyond 2-D)",
+    }
+    for view, help_text in help_texts.items():
+        sub = _add_run_command(views, view, help_text, latent.run_view)
+        sub.add_argument("--out", help="PNG path (default: RUN/latent_<view>.png)")
+        if view != "manifold":
+            _add_data_arguments(sub)
+    views.choices["manifold"].add_argument("--points", type=int, default=20, help="grid points per side")
+    views.choices["interpolate"].add_argument("--pairs", type=int, default=4, help="pairs of data, one row each")
+    views.choices["interpolate"].add_argument("--steps", type=int, default=10, help="decoded points per path")
+    views.choices["interpolate"].add_argument("--method", default="linear", choices=["linear", "spherical"])
+    views.choices["traverse"].add_argument("--index", type=int, default=0, help="which datum to start from")
+    views.choices["traverse"].add_argument("--steps", type=int, default=9, help="values per dimension")
+    views.choices["traverse"].add_argument("--range", type=float, default=3.0, help="values from -RANGE to RANGE")
+    views.choices["scatter"].add_argument("--num", type=int, default=2000, help="data shown")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-vae", description="Variational autoencoders as Pyro programs: train, evaluate, sample, score."
@@ -207,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--netcdf", action="store_true", help="also write STEM.nc, an ArviZ InferenceData file")
     score.add_argument("--out", help="folder for the report (default: the run or detector directory)")
     score.add_argument("--stem", default="scores", help="file name stem: STEM.csv, STEM_histogram.png, ...")
+
+    _add_latent(commands)
 
     detector = commands.add_parser(
         "fit-detector",

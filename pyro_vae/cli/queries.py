@@ -21,7 +21,7 @@ from pyro_vae.cli.stock import Run, load_run
 from pyro_vae.data import load_dataset
 
 
-def _data(run: Run, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+def data_of_run(run: Run, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """The requested split of ``--data`` (default: the run's own data set), preprocessed as in training."""
     spec = args.data or run.config["dataset"]
     data_dir = args.data_dir if args.data else (args.data_dir or run.config.get("data_dir"))
@@ -49,7 +49,7 @@ def _rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, num_samples: i
 
 def evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.device)
-    x, labels, spec = _data(run, args)
+    x, labels, spec = data_of_run(run, args)
     rows = _rows(run, x, labels, args.num_samples)
     results = {"data": spec, "split": args.split, "count": len(rows), "num_samples": args.num_samples}
     names = {"elbo": "ELBO", "log_likelihood": f"{score_name(run.config)}, K={args.num_samples}"}
@@ -112,7 +112,7 @@ def _reconstructions(run: Run, x: torch.Tensor, labels: torch.Tensor | None) -> 
 def reconstruct(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.device)
     _require_images(run, "reconstruct")
-    x, labels, spec = _data(run, args)
+    x, labels, spec = data_of_run(run, args)
     shown = x[: args.num]
     with torch.no_grad():
         reconstructions = _reconstructions(run, shown, None if labels is None else labels[: args.num].to(x.device))
@@ -127,7 +127,7 @@ def style(args: argparse.Namespace) -> int:
     if not run.conditional:
         raise ValueError("style transfer needs a run trained with --conditional")
     _require_images(run, "style")
-    x, labels, spec = _data(run, args)
+    x, labels, spec = data_of_run(run, args)
     if labels is None:
         raise ValueError(f"style transfer encodes data with their labels, and {spec} has none")
     out = Path(args.out) if args.out else run.directory / "style_transfer.png"
