@@ -32,6 +32,7 @@ class Checkpoint:
     guide_state: dict
     preprocessing: dict | None
     arrays: dict[str, torch.Tensor]
+    training: dict | None = None  # a pyro_vae.resume.TrainingState.to_dict(), to resume training
 
     def load_into(self, model: nn.Module | None = None, guide: nn.Module | None = None) -> None:
         """Copy the stored parameters into ``model`` and ``guide`` (those given)."""
@@ -59,10 +60,12 @@ def save_checkpoint(
     config: dict | None = None,
     preprocessing: dict | None = None,
     arrays: dict[str, torch.Tensor] | None = None,
+    training: dict | None = None,
 ) -> Path:
     """Write ``model`` and ``guide`` parameters with ``config`` (JSON-serializable), the
     ``preprocessing`` state (:meth:`pyro_vae.preprocessing.Preprocessor.state_dict`) and any
-    further named tensors ``arrays`` (e.g. a detector's training scores) to ``path``,
+    further named tensors ``arrays`` (e.g. a detector's training scores) and the ``training``
+    state to resume from (:meth:`pyro_vae.resume.TrainingState.to_dict`) to ``path``,
     atomically. Returns the path."""
     path = Path(path)
     payload = {
@@ -73,6 +76,7 @@ def save_checkpoint(
         "guide_state": _state(guide),
         "preprocessing": preprocessing,
         "arrays": arrays or {},
+        "training": training,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -151,6 +155,7 @@ def load_checkpoint(
         payload["guide_state"],
         payload["preprocessing"],
         payload.get("arrays", {}),
+        payload.get("training"),
     )
     checkpoint.load_into(model, guide)
     return checkpoint

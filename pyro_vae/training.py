@@ -9,11 +9,12 @@ the ``pyro.plate("data", size, subsample=x)`` inside them scales each minibatch'
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyro
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.progress import progress_bar
+from pyro_vae.resume import TrainingState, rng_state, set_rng_state
 from pyro_vae.scoring import elbo, max_plate_nesting
 
 LOSSES: dict[str, type] = {
@@ -231,6 +233,8 @@ def fit(
     seed: int | None = 0,
     progress: bool | None = None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_epoch_end: Callable[[TrainingState], None] | None = None,
+    resume: TrainingState | None = None,
 ) -> History:
     """Train ``model`` and ``guide`` by SVI and return the :class:`History`.
 
@@ -268,6 +272,12 @@ def fit(
     :param transform: applied to every training minibatch ``x`` on the device, and once to the
         validation data; e.g. ``torch.bernoulli`` on grey-level images binarizes them afresh in
         every epoch (dynamic binarization), which regularizes like data augmentation.
+    :param on_epoch_end: called after every epoch with the :class:`~pyro_vae.resume.TrainingState`
+        (save it with the parameters to resume later).
+    :param resume: a state from ``on_epoch_end``: training continues after its epoch, with its
+        optimizer, random-number and minibatch-order states. Load the model's and guide's
+        parameters of that epoch first. An interrupted-then-resumed run on CPU matches an
+        uninterrupted one.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -305,7 +315,10 @@ def fit(
         x_val = transform(x_val)
     history = History()
     best = _BestEpoch(keep_parameters=patience is not None)
-    bar = progress_bar(range(1, epochs + 1), desc="training", unit="epoch", show=progress)
+    first_epoch = 1
+    if resume is not None:
+        first_epoch = _resume(resume, svi, history, best, generator)
+    bar = progress_bar(range(first_epoch, epochs + 1), desc="training", unit="epoch", show=progress)
     for epoch in bar:
         start = time.perf_counter()
         batches = _batches(train_data, batch_size, generator, torch_device, transform)
@@ -318,9 +331,35 @@ def fit(
             history.best_epoch = epoch
         elif patience is not None and history.best_epoch is not None and epoch - history.best_epoch >= patience:
             history.stopped_early = True
+        if on_epoch_end is not None:
+            on_epoch_end(_state(epoch, svi, history, best, generator))
+        if history.stopped_early:
             break
     best.restore(_trained_parameters(svi))
     return history
+
+
+def _state(epoch: int, svi: SVI, history: History, best: _BestEpoch, generator: torch.Generator) -> TrainingState:
+    return TrainingState(
+        epoch=epoch,
+        history=asdict(history),
+        optimizer=copy.deepcopy(svi.optim.get_state()),
+        batch_order=generator.get_state(),
+        rng=rng_state(),
+        best_val_elbo=best.val_elbo,
+        best_parameters=best.parameters,
+    )
+
+
+def _resume(state: TrainingState, svi: SVI, history: History, best: _BestEpoch, generator: torch.Generator) -> int:
+    """Put the loop where ``state`` left it; returns the next epoch."""
+    for key, value in state.history.items():
+        setattr(history, key, value)
+    best.val_elbo, best.parameters = state.best_val_elbo, state.best_parameters
+    svi.optim.set_state(state.optimizer)
+    generator.set_state(state.batch_order)
+    set_rng_state(state.rng)
+    return state.epoch + 1
 
 
 @dataclass

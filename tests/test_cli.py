@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import shared_data
 
@@ -280,3 +283,47 @@ def test_latent_figures(run_dir, tmp_path):
     manifold = pyro_vae("latent", "manifold", str(flat), "--points", "5")
     assert manifold.returncode == 0, manifold.stderr
     assert (flat / "latent_manifold.png").is_file()
+
+
+def _epoch_saved(run: Path) -> int:
+    from pyro_vae.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(run / "checkpoint.pt").training["epoch"]
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def test_killed_training_resumes_to_the_same_parameters(tmp_path):
+    from pyro_vae.checkpoint import load_checkpoint
+
+    options = ["--epochs", "6", "--batch-size", "16", "--score-samples", "2", "--quiet", "--seed", "4"]
+    reference = pyro_vae("train", *options, "--out", str(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "pyro_vae", "train", *options, "--out", str(killed)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while _epoch_saved(killed) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # no chance to clean up, in the middle of an epoch
+    process.wait()
+    saved = _epoch_saved(killed)
+    assert 2 <= saved < 6, "the kill must land before the run finished"
+    assert not (killed / "metrics.json").exists()
+
+    resumed = pyro_vae("train", "--resume", str(killed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after epoch {saved} of 6" in resumed.stdout
+    expected, actual = (load_checkpoint(path / "checkpoint.pt") for path in (tmp_path / "reference", killed))
+    for part in ("model_state", "guide_state"):
+        reference_state, resumed_state = getattr(expected, part), getattr(actual, part)
+        assert reference_state.keys() == resumed_state.keys()
+        for name, value in reference_state.items():
+            assert torch.equal(value, resumed_state[name]), f"{part} {name} differs after resuming"
+
+
+def test_resume_needs_a_resumable_run(tmp_path):
+    missing = pyro_vae("train", "--resume", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "not found" in missing.stderr

@@ -3,6 +3,7 @@ reproducible, and its options (β, warm-up, losses, early stopping) do what they
 
 from __future__ import annotations
 
+import copy
 import math
 from itertools import pairwise
 
@@ -325,3 +326,36 @@ def test_transform_binarizes_every_minibatch_afresh(digits):
     assert len(history.val_elbo) == 2 and all(map(math.isfinite, history.val_elbo))
     # The first batch (structure check), the validation data once, then 3 batches per epoch.
     assert len(seen) == 1 + 1 + 2 * 3
+
+
+def test_resuming_from_an_epoch_state_matches_the_uninterrupted_run(digits):
+    def pair():
+        pyro.set_rng_seed(3)
+        return stock_pair()
+
+    states, snapshots = {}, {}
+    model, guide = pair()
+
+    def remember(state):
+        states[state.epoch] = state
+        snapshots[state.epoch] = (copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict()))
+
+    options = {"epochs": 5, "batch_size": 256, "warmup_epochs": 2.0, "patience": 4, "seed": 1}
+    uninterrupted = pyro_vae.fit(model, guide, digits.train_x, on_epoch_end=remember, **options)
+    assert sorted(states) == [1, 2, 3, 4, 5]
+
+    resumed_model, resumed_guide = pair()
+    resumed_model.load_state_dict(snapshots[2][0])
+    resumed_guide.load_state_dict(snapshots[2][1])
+    torch.manual_seed(12345)  # whatever happened in between does not matter
+    resumed = pyro_vae.fit(resumed_model, resumed_guide, digits.train_x, resume=states[2], **options)
+    assert resumed.epoch == uninterrupted.epoch and resumed.val_elbo == uninterrupted.val_elbo
+    for part, reference in ((resumed_model, model), (resumed_guide, guide)):
+        for (name, value), expected in zip(part.state_dict().items(), reference.state_dict().values(), strict=True):
+            assert torch.equal(value, expected), name
+    # A fresh run from the epoch-2 parameters without the state does not match: the state matters.
+    fresh_model, fresh_guide = pair()
+    fresh_model.load_state_dict(snapshots[2][0])
+    fresh_guide.load_state_dict(snapshots[2][1])
+    pyro_vae.fit(fresh_model, fresh_guide, digits.train_x, **{**options, "epochs": 3})
+    assert not torch.equal(next(iter(fresh_model.parameters())), next(iter(model.parameters())))

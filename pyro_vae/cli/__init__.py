@@ -108,6 +108,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights, minibatches and sampling")
     parser.add_argument("--out", help="run directory (default: runs/<dataset>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the interrupted run in DIR from its last completed epoch, with the options it was started "
+        "with (a checkpoint is written after every epoch); --device and --quiet may change",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(command=train.run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pyro
 import torch
 
 from pyro_vae import plots
-from pyro_vae.checkpoint import save_checkpoint
+from pyro_vae.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pyro_vae.cli.report import (
     class_grid,
     conditional_score_table,
@@ -20,11 +21,12 @@ from pyro_vae.cli.report import (
     score_table,
     style_transfer,
 )
-from pyro_vae.cli.stock import CHECKPOINT_NAME, build_pair
+from pyro_vae.cli.stock import CHECKPOINT_NAME, build_pair, checkpoint_path
 from pyro_vae.data import DataSplits, hide_labels, load_dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.preprocessing import Preprocessor
-from pyro_vae.training import fit
+from pyro_vae.resume import TrainingState
+from pyro_vae.training import History, fit
 
 
 def _is_binary(x: torch.Tensor) -> bool:
@@ -123,24 +125,77 @@ def _describe(args: argparse.Namespace, config: dict, count: int, device: torch.
     )
 
 
+def _resumed(args: argparse.Namespace) -> tuple[argparse.Namespace, Checkpoint]:
+    """The arguments a run was started with, and its last checkpoint, for ``--resume DIR``."""
+    checkpoint = load_checkpoint(checkpoint_path(args.resume))
+    if checkpoint.training is None or "arguments" not in checkpoint.config:
+        raise ValueError(f"{args.resume} holds no training state to resume from (written by an older pyro-vae?)")
+    stored = checkpoint.config["arguments"] | {"quiet": args.quiet, "device": args.device, "resume": args.resume}
+    return argparse.Namespace(**stored, command=args.command, command_name=args.command_name), checkpoint
+
+
+def _arguments(args: argparse.Namespace) -> dict:
+    """The command-line arguments as plain data, stored so that ``--resume`` can repeat them."""
+    return {key: value for key, value in vars(args).items() if key not in ("command", "command_name", "resume")}
+
+
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}")
-    _check_out_dir(out, args.overwrite)
+    checkpoint = None
+    if args.resume:
+        args, checkpoint = _resumed(args)
+        out = checkpoint.path.parent
+    else:
+        out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}")
+        _check_out_dir(out, args.overwrite)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_dir, args.download)
     likelihood = choose_likelihood(args.likelihood, data)
     preprocessor = choose_preprocessor(likelihood, data)
     train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
-    config = _config(args, data, likelihood)
+    config = _config(args, data, likelihood) | {"arguments": _arguments(args)}
     pyro.set_rng_seed(args.seed)
     model, guide = build_pair(config)
     model.likelihood.check_support(train_x)
+    resume = None
+    if checkpoint is not None:
+        checkpoint.load_into(model, guide)
+        resume = TrainingState.from_dict(checkpoint.training)
+        print(f"resuming {out} after epoch {resume.epoch} of {args.epochs}")
     print(_describe(args, config, len(train_x), device))
     progress = False if args.quiet else None
-    history = fit(
+    out.mkdir(parents=True, exist_ok=True)
+    last_state: list[TrainingState] = [] if resume is None else [resume]
+
+    def save_epoch(state: TrainingState) -> None:
+        save_checkpoint(
+            out / CHECKPOINT_NAME, model, guide, config, preprocessor.state_dict(), training=state.to_dict()
+        )
+        last_state[:] = [state]
+
+    try:
+        history = _fit(
+            args,
+            config,
+            model,
+            guide,
+            _training_data(args, config, train_x, data),
+            device,
+            progress,
+            save_epoch,
+            resume,
+        )
+    except KeyboardInterrupt:
+        done = f"epoch {last_state[0].epoch} is saved" if last_state else "no epoch was completed"
+        print(f"\ninterrupted: {done}; continue with: pyro-vae train --resume {out}", file=sys.stderr)
+        return 130
+    return _finish(args, config, model, guide, preprocessor, history, last_state, data, test_x, device, out, progress)
+
+
+def _fit(args, config, model, guide, data, device, progress, on_epoch_end, resume) -> History:
+    return fit(
         model,
         guide,
-        _training_data(args, config, train_x, data),
+        data,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -155,13 +210,21 @@ def run(args: argparse.Namespace) -> int:
         device=str(device),
         seed=args.seed,
         progress=progress,
+        on_epoch_end=on_epoch_end,
+        resume=resume,
     )
+
+
+def _finish(args, config, model, guide, preprocessor, history, last_state, data, test_x, device, out, progress) -> int:
+    """Write the final checkpoint, history, figures and the test report."""
     config["training"] = {
         key: getattr(args, key)
         for key in ("epochs", "batch_size", "lr", "clip_norm", "particles", "beta", "warmup", "seed")
     } | {"loss": _loss(args)}
-    out.mkdir(parents=True, exist_ok=True)
-    written = [save_checkpoint(out / CHECKPOINT_NAME, model, guide, config, preprocessor.state_dict())]
+    training = last_state[0].to_dict() if last_state else None
+    written = [
+        save_checkpoint(out / CHECKPOINT_NAME, model, guide, config, preprocessor.state_dict(), training=training)
+    ]
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     history.to_csv(out / "history.csv")
     written += [out / "config.json", out / "history.csv"]
