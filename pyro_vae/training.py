@@ -13,6 +13,7 @@ import copy
 import csv
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,12 @@ LOSSES: dict[str, type] = {
     "enum": TraceEnum_ELBO,
 }
 OPTIMIZERS = ("adam", "clipped-adam")
+MAX_ROLLBACKS = 3
+REMEDIES = (
+    "try a lower learning rate, gradient clipping (clip_norm), KL warm-up, or on_nonfinite='rollback' "
+    "(pyro-vae train --on-nonfinite rollback)"
+)
+ROLLBACK_LR_FACTOR = 0.5
 COLUMNS = ("epoch", "train_elbo", "val_elbo", "kl_weight", "seconds")
 
 Data = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Dataset
@@ -56,6 +63,7 @@ class History:
     seconds: list[float] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    rollbacks: int = 0
 
     def append(self, epoch: int, train_elbo: float, val_elbo: float, kl_weight: float, seconds: float) -> None:
         self.epoch.append(epoch)
@@ -235,6 +243,7 @@ def fit(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_epoch_end: Callable[[TrainingState], None] | None = None,
     resume: TrainingState | None = None,
+    on_nonfinite: str = "raise",
 ) -> History:
     """Train ``model`` and ``guide`` by SVI and return the :class:`History`.
 
@@ -278,9 +287,16 @@ def fit(
         optimizer, random-number and minibatch-order states. Load the model's and guide's
         parameters of that epoch first. An interrupted-then-resumed run on CPU matches an
         uninterrupted one.
+    :param str on_nonfinite: what a non-finite loss (or a step with a non-finite gradient, which
+        makes the next loss non-finite) does: ``"raise"`` stops with :class:`FloatingPointError`
+        naming the epoch and step; ``"rollback"`` restores the parameters and optimizer state of
+        the last completed epoch, halves the learning rate and repeats the epoch, up to
+        :data:`MAX_ROLLBACKS` times in a run (``History.rollbacks`` counts them).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    if on_nonfinite not in ("raise", "rollback"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'rollback', got {on_nonfinite!r}")
     if loss == "jit" and warmup_epochs > 0:
         raise ValueError("KL warm-up changes β every step, which a compiled (jit) loss cannot follow; use loss='trace'")
     if seed is not None:
@@ -319,11 +335,22 @@ def fit(
     if resume is not None:
         first_epoch = _resume(resume, svi, history, best, generator)
     bar = progress_bar(range(first_epoch, epochs + 1), desc="training", unit="epoch", show=progress)
+    last_good = _LastGood(svi) if on_nonfinite == "rollback" else None
     for epoch in bar:
         start = time.perf_counter()
-        batches = _batches(train_data, batch_size, generator, torch_device, transform)
         schedule = _KLSchedule(kl_handler, beta, warmup_epochs, epoch, math.ceil(size / batch_size))
-        train_elbo = _train_epoch(svi, batches, size, schedule)
+        while True:
+            batches = _batches(train_data, batch_size, generator, torch_device, transform)
+            try:
+                train_elbo = _train_epoch(svi, batches, size, schedule)
+                break
+            except FloatingPointError as fault:
+                if last_good is None or history.rollbacks >= MAX_ROLLBACKS:
+                    raise
+                history.rollbacks += 1
+                warnings.warn(f"{fault}; {last_good.roll_back()}", RuntimeWarning, stacklevel=2)
+        if last_good is not None:
+            last_good.save()
         val_elbo = elbo(model, guide, x_val, y_val).mean().item() if x_val is not None else math.nan
         history.append(epoch, train_elbo, val_elbo, kl_handler.weight, time.perf_counter() - start)
         bar.set_postfix(train_elbo=f"{train_elbo:.3f}", val_elbo=f"{val_elbo:.3f}")
@@ -382,14 +409,51 @@ def _train_epoch(svi: SVI, batches: Iterator, size: int, schedule: _KLSchedule) 
     total, steps = 0.0, 0
     for step, (x, y) in enumerate(batches):
         schedule.set(step)
-        step_loss = svi.step(x, y=y, size=size)
+        where = f"at epoch {schedule.epoch}, step {step + 1}"
+        try:
+            step_loss = svi.step(x, y=y, size=size)
+        except ValueError:
+            # Distribution argument checks reject NaN parameters before any loss is computed.
+            broken = [name for name, value in pyro.get_param_store().named_parameters() if not value.isfinite().all()]
+            if broken:
+                raise FloatingPointError(f"parameters {broken[:3]} became non-finite {where}; {REMEDIES}") from None
+            raise
         if not math.isfinite(step_loss):
-            raise FloatingPointError(
-                f"the loss became {step_loss} at epoch {schedule.epoch}, step {step + 1}; "
-                "try a lower learning rate, gradient clipping (clip_norm) or KL warm-up"
-            )
+            raise FloatingPointError(f"the loss became {step_loss} {where}; {REMEDIES}")
         total, steps = total + step_loss, steps + 1
     return -total / (size * steps)
+
+
+class _LastGood:
+    """Every parameter in Pyro's store and the optimizer state at the end of the last completed
+    epoch, to roll back to after a numerical fault."""
+
+    def __init__(self, svi: SVI) -> None:
+        self.svi = svi
+        self.save()
+
+    def save(self) -> None:
+        self.parameters = {name: value.detach().clone() for name, value in pyro.get_param_store().named_parameters()}
+        self.optimizer = copy.deepcopy(self.svi.optim.get_state())
+
+    def roll_back(self) -> str:
+        """Restore the saved state and halve the learning rate; says what it did."""
+        store = pyro.get_param_store()
+        with torch.no_grad():
+            for name, value in store.named_parameters():
+                if name in self.parameters:
+                    value.copy_(self.parameters[name])
+        optim = self.svi.optim
+        optim.pt_optim_args["lr"] = lr = optim.pt_optim_args["lr"] * ROLLBACK_LR_FACTOR
+        for parameter in list(optim.optim_objs):
+            state = self.optimizer.get(store.param_name(parameter))
+            if state is None:  # no step was completed: start its optimizer afresh
+                del optim.optim_objs[parameter]
+                continue
+            optim.optim_objs[parameter].load_state_dict(copy.deepcopy(state))
+            for group in optim.optim_objs[parameter].param_groups:
+                group["lr"] = lr
+        return f"rolled back to the last completed epoch with the learning rate lowered to {lr:.3g}"
 
 
 class _BestEpoch:

@@ -359,3 +359,49 @@ def test_resuming_from_an_epoch_state_matches_the_uninterrupted_run(digits):
     fresh_guide.load_state_dict(snapshots[2][1])
     pyro_vae.fit(fresh_model, fresh_guide, digits.train_x, **{**options, "epochs": 3})
     assert not torch.equal(next(iter(fresh_model.parameters())), next(iter(model.parameters())))
+
+
+def _poison_after(model, calls: int):
+    """A transform that sets one decoder weight to NaN on its ``calls``-th call (a numerical
+    blow-up in the middle of training)."""
+    count = [0]
+
+    def transform(x):
+        count[0] += 1
+        if count[0] == calls:
+            with torch.no_grad():
+                next(model.decoder.parameters()).view(-1)[0] = float("nan")
+        return x
+
+    return transform
+
+
+def test_a_numerical_fault_names_the_epoch_and_keeps_the_last_checkpoint(digits, tmp_path):
+    from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+
+    model, guide = stock_pair()
+    path = tmp_path / "checkpoint.pt"
+
+    def save(state):
+        save_checkpoint(path, model, guide, {"epoch": state.epoch}, training=state.to_dict())
+
+    # 2 calls before training (structure check, validation data), 6 batches of 256 per epoch.
+    poison = _poison_after(model, 2 + 6 * 2 + 3)  # the third batch of epoch 3
+    with pytest.raises(FloatingPointError, match=r"epoch 3, step 3.*learning rate"):
+        pyro_vae.fit(model, guide, digits.train_x, epochs=5, batch_size=256, transform=poison, on_epoch_end=save)
+    saved = load_checkpoint(path)
+    assert saved.training["epoch"] == 2 and saved.config == {"epoch": 2}
+    assert all(torch.isfinite(value).all() for value in saved.model_state.values())
+
+
+def test_rollback_recovers_from_a_numerical_fault(digits):
+    model, guide = stock_pair()
+    poison = _poison_after(model, 2 + 6 + 2)
+    with pytest.warns(RuntimeWarning, match="rolled back.*lowered to 0.0005"):
+        history = pyro_vae.fit(
+            model, guide, digits.train_x, epochs=4, batch_size=256, transform=poison, on_nonfinite="rollback"
+        )
+    assert history.rollbacks == 1 and history.epoch == [1, 2, 3, 4]
+    assert all(math.isfinite(value) for value in history.val_elbo)
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+    assert history.val_elbo[-1] > history.val_elbo[0]  # it went on learning

@@ -2,7 +2,9 @@
 ``score``, ``fit-detector`` and ``latent``.
 
 Every command prints what it wrote. Errors in the input (missing files, wrong data, a checkpoint
-of another model) end the command with a one-line message and exit status 2.
+of another model) end the command with a one-line message and exit status 2; a numerical fault
+in training (a non-finite loss or parameter) with exit status 3, the last epoch's checkpoint
+intact; Ctrl-C with status 130, likewise.
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=float, default=0.0, help="epochs of linear KL warm-up from 0 to --beta")
     parser.add_argument("--validation", type=float, default=0.1, help="fraction of the training data held out")
     parser.add_argument("--patience", type=int, help="early stopping: epochs without validation improvement")
+    parser.add_argument(
+        "--on-nonfinite",
+        default="raise",
+        choices=["raise", "rollback"],
+        help="a NaN/inf loss or parameter stops training (raise; the last epoch's checkpoint stays), or rolls back "
+        "to the last epoch with half the learning rate (up to 3 times)",
+    )
     parser.add_argument(
         "--conditional", action="store_true", help="conditional VAE p(x|z,y) with the data set's labels"
     )
@@ -273,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"pyro-vae {args.command_name}: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:
+        print(f"pyro-vae {args.command_name}: numerical fault: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

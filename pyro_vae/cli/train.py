@@ -212,6 +212,7 @@ def _fit(args, config, model, guide, data, device, progress, on_epoch_end, resum
         progress=progress,
         on_epoch_end=on_epoch_end,
         resume=resume,
+        on_nonfinite=args.on_nonfinite,
     )
 
 
