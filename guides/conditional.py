@@ -20,6 +20,7 @@ from torch.nn.functional import softplus
 
 from pyro_vae.data import MISSING_LABEL
 from pyro_vae.nets import MLP, LabelEncoding, build_encoder, concat_features
+from pyro_vae.validation import check_labels
 
 ENUMERATE = {"enumerate": "parallel"}
 CLASSIFIER_DEFAULTS = {"mlp": (500, 500), "conv": (32, 64)}  # when its architecture differs from the encoder's
@@ -92,6 +93,7 @@ class ConditionalNormal(PyroModule):
     def _label(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:
             return pyro.sample("y", self.label_posterior(x), infer=ENUMERATE)
+        check_labels(y, x.shape[0], self.label_features.num_classes, missing=MISSING_LABEL)
         missing = y == MISSING_LABEL
         if not missing.any():
             return y

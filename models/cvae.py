@@ -22,6 +22,7 @@ from torch import nn
 from pyro_vae.data import MISSING_LABEL
 from pyro_vae.likelihoods import Likelihood, get_likelihood
 from pyro_vae.nets import LabelEncoding, build_decoder, concat_features
+from pyro_vae.validation import check_labels
 
 
 class ConditionalVAE(PyroModule):
@@ -85,6 +86,12 @@ class ConditionalVAE(PyroModule):
     def label_prior(self) -> dist.TorchDistribution:
         return dist.Categorical(logits=self.class_logits)
 
+    def validate(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Called by :func:`pyro_vae.fit` on the whole training data: labels must be known classes
+        or ``-1`` (missing)."""
+        if y is not None:
+            check_labels(y, x.shape[0], self.labels.num_classes, missing=MISSING_LABEL)
+
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean of p(x | z, y)."""
         return self.likelihood.mean(self.decoder(concat_features(z, self.labels(y))))
@@ -92,6 +99,7 @@ class ConditionalVAE(PyroModule):
     def _label(self, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:
             return pyro.sample("y", self.label_prior())
+        check_labels(y, y.shape[0], self.labels.num_classes, missing=MISSING_LABEL)
         missing = y == MISSING_LABEL
         if missing.any():
             return pyro.sample("y", self.label_prior(), obs=y.clamp(min=0), obs_mask=~missing)

@@ -26,9 +26,11 @@ per-datum sample site inside ``pyro.plate("data", size, subsample=x)``; the mode
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
@@ -106,6 +108,29 @@ def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, y: torc
         if frame.vectorized
     ]
     return max(dims, default=1)
+
+
+def check_observed_support(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    """Raise a clear error when data ``x`` lie outside the support of the model's likelihood
+    (e.g. grey pixels under a Bernoulli), instead of Pyro's dump of the offending tensor."""
+    with torch.no_grad(), poutine.block(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pyro.validation_enabled(False):
+            model_trace, _ = _traces(model, guide, x, y)
+    site = model_trace.nodes[OBSERVED_SITE]
+    fn = site["fn"]
+    while isinstance(fn, dist.Independent):
+        fn = fn.base_dist
+    inside = fn.support.check(site["value"])
+    if inside.all():
+        return
+    outside = site["value"].expand(inside.shape)[~inside]
+    raise ValueError(
+        f"the data lie outside the support of the model's likelihood {type(fn).__name__} "
+        f"({fn.support}), e.g. the values {sorted(set(outside[:1000].tolist()))[:5]}; "
+        "binarize them (e.g. x > 0.5) or choose a likelihood for these values (continuous-bernoulli for [0, 1], "
+        "gaussian for any real)"
+    )
 
 
 def _log_weights_chunk(

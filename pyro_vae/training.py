@@ -30,7 +30,8 @@ from pyro_vae.device import resolve_device
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
-from pyro_vae.scoring import elbo, max_plate_nesting
+from pyro_vae.scoring import check_observed_support, elbo, max_plate_nesting
+from pyro_vae.validation import check_data
 
 LOSSES: dict[str, type] = {
     "trace": Trace_ELBO,
@@ -161,6 +162,23 @@ def _batches(
         yield x[index], None if y is None else y[index]
 
 
+def _check_training_data(data: Data, model: Callable) -> None:
+    """Clear errors for empty, non-float or non-finite data and mismatched labels (a Dataset is
+    checked on its first items); a model with a ``validate(x, y)`` method checks the rest."""
+    if isinstance(data, Dataset):
+        if len(data) == 0:
+            raise ValueError("the training Dataset is empty")
+        x, y = _as_tensors(torch.utils.data.Subset(data, range(min(256, len(data)))))
+    else:
+        x, y = _unpack(data)
+    check_data(x, "the training data")
+    if y is not None and (not isinstance(y, torch.Tensor) or y.shape[:1] != x.shape[:1]):
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"labels y must be a tensor with one entry per datum ({x.shape[0]}), got {shape}")
+    if hasattr(model, "validate"):
+        model.validate(x, y)
+
+
 def _first_batch(data: Data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(data, Dataset):
         return _to_device(_as_tensors(torch.utils.data.Subset(data, range(min(batch_size, len(data))))), device)
@@ -249,7 +267,8 @@ def fit(
 
     :param model: a Pyro model ``model(x, y=None, size=None)`` following the convention of
         :mod:`pyro_vae.scoring`; its parameters live in ``nn.Module``/``PyroModule`` attributes or
-        ``pyro.param`` statements.
+        ``pyro.param`` statements. If it has a method ``validate(x, y)``, that is called once on
+        the training data before anything else (to reject, say, unknown labels).
     :param guide: the amortized guide, same signature.
     :param data: a tensor ``x``, a pair ``(x, y)`` of tensors, or a torch ``Dataset`` whose items
         are ``x`` or ``(x, y)``.
@@ -299,6 +318,7 @@ def fit(
         raise ValueError(f"on_nonfinite must be 'raise' or 'rollback', got {on_nonfinite!r}")
     if loss == "jit" and warmup_epochs > 0:
         raise ValueError("KL warm-up changes β every step, which a compiled (jit) loss cannot follow; use loss='trace'")
+    _check_training_data(data, model)
     if seed is not None:
         pyro.set_rng_seed(seed)
     torch_device = resolve_device(device)
@@ -315,6 +335,7 @@ def fit(
     first_x, first_y = _first_batch(train_data, batch_size, torch_device)
     if transform is not None:
         first_x = transform(first_x)
+    check_observed_support(model, guide, first_x, first_y)
     _evict_stale_params(model, guide, first_x, first_y, size)
     kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
     weighted = beta != 1.0 or warmup_epochs > 0

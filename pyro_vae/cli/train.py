@@ -27,6 +27,7 @@ from pyro_vae.device import resolve_device
 from pyro_vae.preprocessing import Preprocessor
 from pyro_vae.resume import TrainingState
 from pyro_vae.training import History, fit
+from pyro_vae.validation import check_data
 
 
 def _is_binary(x: torch.Tensor) -> bool:
@@ -149,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         _check_out_dir(out, args.overwrite)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_dir, args.download)
+    check_data(data.train_x, f"{args.dataset} training data")
+    check_data(data.test_x, f"{args.dataset} test data")
     likelihood = choose_likelihood(args.likelihood, data)
     preprocessor = choose_preprocessor(likelihood, data)
     train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
