@@ -115,3 +115,19 @@ def test_checkpoint_of_another_model_is_refused(trained):
     conv_model = VAE.build((1, 8, 8), 4, (8,), "conv", "bernoulli")
     with pytest.raises(ValueError, match="another architecture"):
         load_checkpoint(path, conv_model)
+
+
+def test_a_save_that_dies_half_way_leaves_the_old_checkpoint_readable(trained, monkeypatch):
+    model, guide, _, path, _ = trained
+    before = path.read_bytes()
+
+    def dying_save(payload, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, guide, {"new": True})
+    assert path.read_bytes() == before
+    assert load_checkpoint(path).config != {"new": True}
+    assert sorted(item.name for item in path.parent.iterdir()) == ["checkpoint.pt"]  # no temporary left
