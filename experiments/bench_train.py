@@ -1,0 +1,166 @@
+"""Training speed: a hand-written PyTorch VAE step against Pyro's stock SVI and pyro_vae.fit.
+
+The same 784-400-50 MLP VAE with a Bernoulli likelihood, trained three ways on binarized MNIST:
+
+(a) a hand-written PyTorch loop with the analytic-KL ELBO (the speed to match);
+(b) Pyro's stock ``SVI`` + ``Trace_ELBO``, model and guide written as in Pyro's VAE example;
+(c) ``pyro_vae.fit`` with its defaults (stock ``VAE`` and ``AmortizedNormal``).
+
+For each batch size the three are timed in interleaved repetitions (so drift in machine load hits
+all alike); the median time per step and the ratios (b)/(a) and (c)/(a) are printed, with the
+process's peak resident memory and one full MNIST epoch of (c) including its data handling.
+Ends with one ``summary:`` line.
+
+    .venv/bin/python experiments/bench_train.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from torch import nn
+
+import pyro_vae
+from pyro_vae.data import load_dataset
+from pyro_vae.guides import AmortizedNormal
+from pyro_vae.models import VAE
+
+HIDDEN, LATENT = 400, 50
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(784, HIDDEN), nn.ReLU())
+        self.loc, self.scale = nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
+
+    def forward(self, x):
+        h = self.hidden(x)
+        return self.loc(h), nn.functional.softplus(self.scale(h)) + 1e-4
+
+
+class Decoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(LATENT, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 784))
+
+    def forward(self, z):
+        return self.net(z)
+
+
+def hand_written():
+    """(a): reparameterized sample, BCE with logits, analytic KL, Adam."""
+    encoder, decoder = Encoder(), Decoder()
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
+
+    def step(x):
+        loc, scale = encoder(x)
+        z = loc + scale * torch.randn_like(loc)
+        logits = decoder(z)
+        nll = nn.functional.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="sum")
+        kl = 0.5 * (loc**2 + scale**2 - 1).sum() - scale.log().sum()
+        loss = nll + kl
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def pyro_example():
+    """(b): Pyro's VAE example style: pyro.module, a data plate, Trace_ELBO."""
+    encoder, decoder = Encoder(), Decoder()
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], LATENT), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x.flatten(1))
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    return svi.step
+
+
+def pyro_vae_fit(batch_size: int):
+    """(c): ``pyro_vae.fit`` on a block of ``steps`` batches; returns seconds per step."""
+    model = VAE.build((1, 28, 28), LATENT, [HIDDEN], "mlp", "bernoulli")
+    guide = AmortizedNormal.build((1, 28, 28), LATENT, [HIDDEN], "mlp")
+
+    def run(x: torch.Tensor) -> None:
+        pyro_vae.fit(model, guide, x, epochs=1, batch_size=batch_size, validation=None, progress=False, seed=None)
+
+    return run
+
+
+def time_steps(step, batches) -> float:
+    start = time.perf_counter()
+    for x in batches:
+        step(x)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="../shared/data/mnist")
+    parser.add_argument("--batch-sizes", type=lambda t: [int(v) for v in t.split(",")], default=[32, 128, 512])
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions per batch size")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(0)
+    x_all = (load_dataset("mnist", args.data_dir).train_x > 0.5).float()
+    results = {}
+    for batch_size in args.batch_sizes:
+        batches = list(x_all[: batch_size * args.steps].split(batch_size))
+        block = x_all[: batch_size * args.steps]
+        pyro.clear_param_store()
+        methods = {"a": hand_written(), "b": pyro_example()}
+        fit_block = pyro_vae_fit(batch_size)
+        times = {"a": [], "b": [], "c": []}
+        for method in methods.values():  # warm-up
+            time_steps(method, batches[:5])
+        fit_block(block[: 5 * batch_size])
+        for _ in range(args.repeats):
+            for key, method in methods.items():
+                times[key].append(time_steps(method, batches))
+            start = time.perf_counter()
+            fit_block(block)
+            times["c"].append((time.perf_counter() - start) / len(batches))
+        medians = {key: statistics.median(values) for key, values in times.items()}
+        results[batch_size] = medians
+        print(
+            f"batch {batch_size:4d}: hand-written {1e3 * medians['a']:.2f} ms, Pyro SVI {1e3 * medians['b']:.2f} ms "
+            f"({medians['b'] / medians['a']:.2f}x), pyro_vae.fit {1e3 * medians['c']:.2f} ms "
+            f"({medians['c'] / medians['a']:.2f}x)",
+            flush=True,
+        )
+    start = time.perf_counter()
+    pyro_vae_fit(128)(x_all)
+    epoch_seconds = time.perf_counter() - start
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"one MNIST epoch with pyro_vae.fit (batch 128, data handling included): {epoch_seconds:.1f} s")
+    print(f"peak resident memory of this process: {peak_gib:.2f} GiB")
+    ratios = " ".join(
+        f"step_ratio_b{size}={values['c'] / values['a']:.2f} pyro_ratio_b{size}={values['b'] / values['a']:.2f}"
+        for size, values in results.items()
+    )
+    print(f"summary: {ratios} mnist_epoch_seconds={epoch_seconds:.1f} peak_gib={peak_gib:.2f}")
+
+
+if __name__ == "__main__":
+    main()
