@@ -5,9 +5,9 @@ binarized MNIST; then the same random points z ~ N(0, I) are decoded by both. Th
 to make N(0, I) cover its codes; the autoencoder's codes sit wherever reconstruction put them, so
 most random points decode to no digit. The autoencoder is the VAE's model with a point-mass guide
 trained with β = 0, i.e. on the reconstruction term alone, as a plain autoencoder is (with β = 1
-log p(z) would act as a penalty that keeps its codes near the prior). A small classifier trained on MNIST measures it: its mean
-confidence (max softmax) and the share of decoded images it assigns to a class with confidence at
-least 0.9, beside the same numbers for real test digits.
+log p(z) would act as a penalty that keeps its codes near the prior). A small classifier trained
+on MNIST measures it: its mean confidence (max softmax) and the share of decoded images it
+assigns to a class with confidence at least 0.9, beside the same numbers for real test digits.
 
 Writes ``samples.png`` and ``results.md`` to ``--out`` and ends with one ``summary:`` line.
 
