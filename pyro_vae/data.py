@@ -53,6 +53,15 @@ class DataSplits:
     def is_image(self) -> bool:
         return self.train_x.dim() == 4
 
+    def select(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Data and labels of ``"train"``, ``"test"`` or ``"all"`` (both, training first)."""
+        parts = {"train": [(self.train_x, self.train_y)], "test": [(self.test_x, self.test_y)]}
+        parts["all"] = parts["train"] + parts["test"]
+        if split not in parts:
+            raise ValueError(f"unknown split {split!r}; use train, test or all")
+        xs, ys = zip(*parts[split], strict=True)
+        return torch.cat(xs), None if any(part is None for part in ys) else torch.cat(ys)
+
 
 def _split(x: np.ndarray, y: np.ndarray | None, test_fraction: float, name: str) -> DataSplits:
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))

@@ -5,8 +5,10 @@ posterior, a few weights dominate and the estimate is far too low with a small s
 standard error would not reveal. Pareto-smoothed importance sampling (Vehtari et al. 2024,
 "Pareto smoothed importance sampling", JMLR 25) fits a generalized Pareto distribution to the
 largest weights of each datum; its shape k̂ says how heavy their tail is. Below 0.5 the estimate
-converges fast; between 0.5 and 0.7 it is usable; above :data:`UNRELIABLE_K` = 0.7 it should not
-be trusted. k̂ is computed with ArviZ's :func:`arviz.psislw`.
+converges fast; above :func:`reliable_k` = min(1 - 1/log10 K, 0.7) (0.5 for K = 100, 0.67
+for K = 1000: the cut-off of Vehtari et al. and of ArviZ) it should not be trusted. With a
+point-mass guide every weight is equal and k̂ is -inf, but the score is then log p(x, ẑ), not an
+estimate of log p(x) at all. k̂ is computed with ArviZ's :func:`arviz.psislw`.
 
 :func:`importance_scores` returns the per-datum log p(x) with its k̂; :func:`to_inference_data`
 stores scores and diagnostics as an ArviZ ``InferenceData`` (written to netCDF with
@@ -25,7 +27,7 @@ import torch
 
 from pyro_vae.scoring import DEFAULT_MAX_BATCH, log_weights
 
-UNRELIABLE_K = 0.7
+UNRELIABLE_K = 0.7  # the cut-off for large K
 CONSTANT_SPREAD = 1e-8  # log weights closer than this (nats) count as equal
 MIN_PARTICLES = 21  # PSIS fits the largest ⌈min(K/5, 3√K)⌉ weights and needs at least five
 
@@ -57,6 +59,12 @@ def pareto_k(log_w: torch.Tensor | np.ndarray) -> np.ndarray:
     return k_hat
 
 
+def reliable_k(num_samples: int) -> float:
+    """The largest k̂ at which an estimate from ``num_samples`` weights is trusted:
+    min(1 - 1/log10 K, 0.7)."""
+    return min(1 - 1 / math.log10(num_samples), UNRELIABLE_K) if num_samples > 1 else -math.inf
+
+
 @dataclass
 class ImportanceScores:
     """Per-datum importance-sampled log p(x) and the Pareto-k̂ of its weights."""
@@ -67,8 +75,8 @@ class ImportanceScores:
 
     @property
     def unreliable(self) -> np.ndarray:
-        """Data whose estimate should not be trusted (k̂ > 0.7)."""
-        return self.pareto_k > UNRELIABLE_K
+        """Data whose estimate should not be trusted (k̂ above :func:`reliable_k`)."""
+        return self.pareto_k > reliable_k(self.num_samples)
 
 
 def importance_scores(

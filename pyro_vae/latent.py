@@ -142,8 +142,11 @@ def manifold_latents(points_per_side: int, bound: float = 0.95) -> torch.Tensor:
 
 def manifold_grid(model: Callable, points_per_side: int = 20, bound: float = 0.95, site: str = "z") -> torch.Tensor:
     """Decoded images of :func:`manifold_latents` for a model with a 2-D latent,
-    ``[points_per_side², *x_shape]`` in row-major order."""
-    return decode(model, manifold_latents(points_per_side, bound), site=site)
+    ``[points_per_side², *x_shape]`` in row-major order (on the device of the model's
+    parameters, if it is an ``nn.Module``)."""
+    parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    z = manifold_latents(points_per_side, bound)
+    return decode(model, z if parameter is None else z.to(parameter), site=site)
 
 
 def traverse(

@@ -33,7 +33,9 @@ from pyro_vae.diagnostics import ImportanceScores, importance_scores
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.models import VAE
 from pyro_vae.preprocessing import TablePreprocessor
+from pyro_vae.resume import rng_state, set_rng_state
 from pyro_vae.training import fit
+from pyro_vae.validation import check_data
 
 DETECTOR_KIND = "novelty-detector"
 PARAMETERS = (
@@ -51,6 +53,12 @@ PARAMETERS = (
 )
 
 
+def empirical_tail_probability(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(1 + #{reference ≤ s}) / (n + 1) for every score s; ``reference`` sorted ascending."""
+    below = np.searchsorted(reference, np.asarray(scores, dtype=np.float64), side="right")
+    return (1 + below) / (len(reference) + 1)
+
+
 def _as_table(X, name: str = "X") -> torch.Tensor:
     array = np.asarray(X)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
@@ -59,13 +67,7 @@ def _as_table(X, name: str = "X") -> torch.Tensor:
         raise ValueError(f"{name} must be 2-D (rows, columns), got shape {array.shape}")
     if array.shape[0] == 0:
         raise ValueError(f"{name} has no rows")
-    bad = ~np.isfinite(array.astype(np.float64))
-    if bad.any():
-        rows, columns = np.nonzero(bad)
-        raise ValueError(
-            f"{name} holds NaN or infinite values, e.g. at rows {sorted(set(rows.tolist()))[:5]} and columns "
-            f"{sorted(set(columns.tolist()))[:5]}; impute or drop them first"
-        )
+    check_data(torch.as_tensor(array, dtype=torch.float64), name)
     return torch.as_tensor(array, dtype=torch.float32)
 
 
@@ -155,9 +157,14 @@ class NoveltyDetector:
         self.guide_ = AmortizedNormal.build((columns,), self.latent_dim_, self.hidden_, "mlp")
 
     def _score(self, x: torch.Tensor) -> ImportanceScores:
+        """Seeded, so the same rows get the same scores, without touching the caller's random state."""
+        outside = rng_state()
         pyro.set_rng_seed(self.random_state if self.random_state is not None else 0)
-        device = next(self.model_.parameters()).device
-        return importance_scores(self.model_, self.guide_, x.to(device), num_samples=self.num_samples)
+        try:
+            device = next(self.model_.parameters()).device
+            return importance_scores(self.model_, self.guide_, x.to(device), num_samples=self.num_samples)
+        finally:
+            set_rng_state(outside)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "offset_"):
@@ -178,10 +185,10 @@ class NoveltyDetector:
 
     def tail_probability(self, scores: np.ndarray) -> np.ndarray:
         """The empirical probability that a training row scores at most ``scores`` (outputs of
-        :meth:`score_samples`), as a conformal p-value: (1 + #{training ≤ s}) / (n + 1)."""
+        :meth:`score_samples`): (1 + #{training ≤ s}) / (n + 1). The model was fitted to those
+        rows, so new inliers tend to score a little lower and get somewhat smaller values."""
         self._check_fitted()
-        below = np.searchsorted(self.train_scores_, np.asarray(scores, dtype=np.float64), side="right")
-        return (1 + below) / (len(self.train_scores_) + 1)
+        return empirical_tail_probability(self.train_scores_, scores)
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""

@@ -47,7 +47,7 @@ class TrainingState:
     batch_order: torch.Tensor
     rng: dict
     best_val_elbo: float
-    best_parameters: list[torch.Tensor] | None
+    best_parameters: dict[str, torch.Tensor] | None
 
     def to_dict(self) -> dict:
         """Tensors and plain values only (safe for ``weights_only`` loading)."""

@@ -33,6 +33,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
@@ -110,9 +111,13 @@ def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, y: torc
     return max(dims, default=1)
 
 
-def check_observed_support(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-    """Raise a clear error when data ``x`` lie outside the support of the model's likelihood
-    (e.g. grey pixels under a Bernoulli), instead of Pyro's dump of the offending tensor."""
+def check_observed_support(
+    model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None, data: torch.Tensor | None = None
+) -> None:
+    """Raise a clear error when data lie outside the support of the model's likelihood (e.g. grey
+    pixels under a Bernoulli), instead of Pyro's dump of the offending tensor. The likelihood is
+    found by tracing the model on ``x``; ``data`` (default ``x``), all of it, is then checked
+    when the support does not depend on the parameters."""
     with torch.no_grad(), poutine.block(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pyro.validation_enabled(False):
@@ -121,13 +126,18 @@ def check_observed_support(model: Callable, guide: Callable, x: torch.Tensor, y:
     fn = site["fn"]
     while isinstance(fn, dist.Independent):
         fn = fn.base_dist
-    inside = fn.support.check(site["value"])
+    support = fn.support
+    if constraints.is_dependent(support):
+        data, support = site["value"], site["fn"].support
+    elif data is None:
+        data = site["value"]
+    inside = support.check(data)
     if inside.all():
         return
-    outside = site["value"].expand(inside.shape)[~inside]
+    outside = data[~inside] if inside.shape == data.shape else data.reshape(-1)[:0]
+    examples = f", e.g. the values {sorted(set(outside[:1000].tolist()))[:5]}" if outside.numel() else ""
     raise ValueError(
-        f"the data lie outside the support of the model's likelihood {type(fn).__name__} "
-        f"({fn.support}), e.g. the values {sorted(set(outside[:1000].tolist()))[:5]}; "
+        f"the data lie outside the support of the model's likelihood {type(fn).__name__} ({support}){examples}; "
         "binarize them (e.g. x > 0.5) or choose a likelihood for these values (continuous-bernoulli for [0, 1], "
         "gaussian for any real)"
     )

@@ -235,8 +235,17 @@ def _evict_stale_params(model: Callable, guide: Callable, x: torch.Tensor, y: to
             del store[name]
 
 
-def _trained_parameters(svi: SVI) -> list[torch.Tensor]:
-    return list(svi.optim.optim_objs)
+def _named_parameters() -> dict[str, torch.Tensor]:
+    """Every (unconstrained) parameter in Pyro's store, by name: stable across processes, unlike
+    the order of SVI's optimizer dictionary."""
+    return dict(pyro.get_param_store().named_parameters())
+
+
+def _copy_into(saved: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, value in _named_parameters().items():
+            if name in saved:
+                value.copy_(saved[name])
 
 
 def fit(
@@ -335,7 +344,8 @@ def fit(
     first_x, first_y = _first_batch(train_data, batch_size, torch_device)
     if transform is not None:
         first_x = transform(first_x)
-    check_observed_support(model, guide, first_x, first_y)
+    all_x = None if isinstance(train_data, Dataset) or transform is not None else _unpack(train_data)[0]
+    check_observed_support(model, guide, first_x, first_y, all_x)
     _evict_stale_params(model, guide, first_x, first_y, size)
     kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
     weighted = beta != 1.0 or warmup_epochs > 0
@@ -354,9 +364,11 @@ def fit(
     best = _BestEpoch(keep_parameters=patience is not None)
     first_epoch = 1
     if resume is not None:
-        first_epoch = _resume(resume, svi, history, best, generator)
+        first_epoch = _resume(copy.deepcopy(resume), svi, history, best, generator)
+        if first_epoch > epochs or history.stopped_early:
+            return history  # the run was complete: its parameters are the final ones
     bar = progress_bar(range(first_epoch, epochs + 1), desc="training", unit="epoch", show=progress)
-    last_good = _LastGood(svi) if on_nonfinite == "rollback" else None
+    last_good = _LastGood(svi, resume) if on_nonfinite == "rollback" else None
     for epoch in bar:
         start = time.perf_counter()
         schedule = _KLSchedule(kl_handler, beta, warmup_epochs, epoch, math.ceil(size / batch_size))
@@ -375,7 +387,7 @@ def fit(
         val_elbo = elbo(model, guide, x_val, y_val).mean().item() if x_val is not None else math.nan
         history.append(epoch, train_elbo, val_elbo, kl_handler.weight, time.perf_counter() - start)
         bar.set_postfix(train_elbo=f"{train_elbo:.3f}", val_elbo=f"{val_elbo:.3f}")
-        if best.update(epoch, val_elbo, _trained_parameters(svi)):
+        if best.update(epoch, val_elbo):
             history.best_epoch = epoch
         elif patience is not None and history.best_epoch is not None and epoch - history.best_epoch >= patience:
             history.stopped_early = True
@@ -383,7 +395,7 @@ def fit(
             on_epoch_end(_state(epoch, svi, history, best, generator))
         if history.stopped_early:
             break
-    best.restore(_trained_parameters(svi))
+    best.restore()
     return history
 
 
@@ -435,37 +447,45 @@ def _train_epoch(svi: SVI, batches: Iterator, size: int, schedule: _KLSchedule) 
             step_loss = svi.step(x, y=y, size=size)
         except ValueError:
             # Distribution argument checks reject NaN parameters before any loss is computed.
-            broken = [name for name, value in pyro.get_param_store().named_parameters() if not value.isfinite().all()]
+            broken = _nonfinite_parameters()
             if broken:
                 raise FloatingPointError(f"parameters {broken[:3]} became non-finite {where}; {REMEDIES}") from None
             raise
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"the loss became {step_loss} {where}; {REMEDIES}")
         total, steps = total + step_loss, steps + 1
+    broken = _nonfinite_parameters()
+    if broken:  # the epoch's last step can break the parameters and still report a finite loss
+        raise FloatingPointError(f"parameters {broken[:3]} became non-finite in epoch {schedule.epoch}; {REMEDIES}")
     return -total / (size * steps)
+
+
+def _nonfinite_parameters() -> list[str]:
+    return [name for name, value in _named_parameters().items() if not value.isfinite().all()]
 
 
 class _LastGood:
     """Every parameter in Pyro's store and the optimizer state at the end of the last completed
     epoch, to roll back to after a numerical fault."""
 
-    def __init__(self, svi: SVI) -> None:
+    def __init__(self, svi: SVI, resume: TrainingState | None) -> None:
         self.svi = svi
         self.save()
+        if resume is not None:  # the resumed optimizer state waits inside Pyro until the first step
+            self.optimizer = copy.deepcopy(resume.optimizer)
 
     def save(self) -> None:
-        self.parameters = {name: value.detach().clone() for name, value in pyro.get_param_store().named_parameters()}
+        self.parameters = {name: value.detach().clone() for name, value in _named_parameters().items()}
         self.optimizer = copy.deepcopy(self.svi.optim.get_state())
 
     def roll_back(self) -> str:
         """Restore the saved state and halve the learning rate; says what it did."""
         store = pyro.get_param_store()
-        with torch.no_grad():
-            for name, value in store.named_parameters():
-                if name in self.parameters:
-                    value.copy_(self.parameters[name])
+        _copy_into(self.parameters)
         optim = self.svi.optim
-        optim.pt_optim_args["lr"] = lr = optim.pt_optim_args["lr"] * ROLLBACK_LR_FACTOR
+        rates = [group["lr"] for each in optim.optim_objs.values() for group in each.param_groups]
+        current = rates[0] if rates else optim.pt_optim_args["lr"]
+        optim.pt_optim_args["lr"] = lr = current * ROLLBACK_LR_FACTOR
         for parameter in list(optim.optim_objs):
             state = self.optimizer.get(store.param_name(parameter))
             if state is None:  # no step was completed: start its optimizer afresh
@@ -478,27 +498,25 @@ class _LastGood:
 
 
 class _BestEpoch:
-    """The best validation ELBO so far and, for early stopping, a copy of the parameters then."""
+    """The best validation ELBO so far and, for early stopping, a copy of the parameters then
+    (by parameter-store name)."""
 
     def __init__(self, keep_parameters: bool) -> None:
         self.keep_parameters = keep_parameters
         self.val_elbo = -math.inf
-        self.parameters: list[torch.Tensor] | None = None
+        self.parameters: dict[str, torch.Tensor] | None = None
 
-    def update(self, epoch: int, val_elbo: float, parameters: list[torch.Tensor]) -> bool:
+    def update(self, epoch: int, val_elbo: float) -> bool:
         if not val_elbo > self.val_elbo:
             return False
         self.val_elbo = val_elbo
         if self.keep_parameters:
-            self.parameters = [p.detach().clone() for p in parameters]
+            self.parameters = {name: value.detach().clone() for name, value in _named_parameters().items()}
         return True
 
-    def restore(self, parameters: list[torch.Tensor]) -> None:
-        if self.parameters is None:
-            return
-        with torch.no_grad():
-            for parameter, saved in zip(parameters, self.parameters, strict=True):
-                parameter.copy_(saved)
+    def restore(self) -> None:
+        if self.parameters is not None:
+            _copy_into(self.parameters)
 
 
 def _to_device(data: Data, device: torch.device) -> Data:

@@ -405,3 +405,16 @@ def test_rollback_recovers_from_a_numerical_fault(digits):
     assert all(math.isfinite(value) for value in history.val_elbo)
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
     assert history.val_elbo[-1] > history.val_elbo[0]  # it went on learning
+
+
+def test_resuming_a_finished_run_changes_nothing(digits):
+    model, guide = stock_pair()
+    states = []
+    history = pyro_vae.fit(model, guide, digits.train_x, epochs=2, patience=1, on_epoch_end=states.append)
+    before = copy.deepcopy(model.state_dict())
+    again = pyro_vae.fit(model, guide, digits.train_x, epochs=2, patience=1, resume=states[-1])
+    assert again.epoch == history.epoch
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    # fit does not consume the state it resumes from
+    assert states[-1].history["epoch"] == [1, 2]

@@ -69,6 +69,8 @@ def _interpolate(run: Run, args: argparse.Namespace, out: Path) -> None:
 def _traverse(run: Run, args: argparse.Namespace, out: Path) -> None:
     _require_images(run, "traverse")
     x, _, spec = data_of_run(run, args)
+    if not 0 <= args.index < len(x):
+        raise ValueError(f"--index {args.index} is outside {spec} {args.split}, which has {len(x)} data")
     values = torch.linspace(-args.range, args.range, args.steps).tolist()
     grid = latent.traverse(run.model, run.guide, x[args.index], values)
     title = f"{spec} {args.split} #{args.index}: latent dimension d (row d) from {-args.range:g} to {args.range:g}"

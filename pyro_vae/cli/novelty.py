@@ -22,9 +22,9 @@ from pyro_vae import plots
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli.report import conditional_score_table, novelty_report, score_name, score_table
 from pyro_vae.cli.stock import Run, checkpoint_path, load_run
-from pyro_vae.data import DataSplits, load_dataset
-from pyro_vae.diagnostics import UNRELIABLE_K, to_inference_data
-from pyro_vae.novelty import DETECTOR_KIND, NoveltyDetector
+from pyro_vae.data import load_dataset
+from pyro_vae.diagnostics import reliable_k, to_inference_data
+from pyro_vae.novelty import DETECTOR_KIND, NoveltyDetector, empirical_tail_probability
 from pyro_vae.ood import complexity_corrected, likelihood_regret
 
 DETECTOR_NAME = "detector.pt"
@@ -43,19 +43,12 @@ def data_spec(text: str) -> str:
     return f"images:{text}" if Path(text).is_dir() else text
 
 
-def _split(data: DataSplits, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    parts = {"train": [(data.train_x, data.train_y)], "test": [(data.test_x, data.test_y)]}
-    parts["all"] = parts["train"] + parts["test"]
-    xs, ys = zip(*parts[split], strict=True)
-    return torch.cat(xs), None if any(part is None for part in ys) else torch.cat(ys)
-
-
 def fit_detector(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / DETECTOR_NAME).exists() and not args.overwrite:
         raise FileExistsError(f"{out / DETECTOR_NAME} exists; pass --overwrite to replace it")
     spec = data_spec(args.data)
-    x, _ = _split(load_dataset(spec), args.split)
+    x, _ = load_dataset(spec).select(args.split)
     if x.dim() != 2:
         raise ValueError(f"fit-detector takes a table (rows, columns); {spec} holds data shaped {tuple(x.shape)}")
     detector = NoveltyDetector(
@@ -88,10 +81,7 @@ class Scored:
     reference: np.ndarray  # sorted training scores
     threshold: float
     score: str  # what the score is, e.g. "log p(x)"
-
-
-def _tail_probability(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    return (1 + np.searchsorted(reference, scores, side="right")) / (len(reference) + 1)
+    num_samples: int  # K
 
 
 def _ranked(rows: list[dict], scores: np.ndarray | None = None) -> list[dict]:
@@ -104,13 +94,14 @@ def _ranked(rows: list[dict], scores: np.ndarray | None = None) -> list[dict]:
     return rows
 
 
-def _annotate(rows: list[dict], reference: np.ndarray, threshold: float) -> None:
+def _annotate(rows: list[dict], reference: np.ndarray, threshold: float, num_samples: int) -> None:
     scores = np.array([row["score"] for row in rows])
-    for row, tail in zip(rows, _tail_probability(reference, scores), strict=True):
+    cut = reliable_k(num_samples)
+    for row, tail in zip(rows, empirical_tail_probability(reference, scores), strict=True):
         row["tail_probability"] = float(tail)
         row["novel"] = int(row["score"] < threshold)
         if "pareto_k" in row:
-            row["unreliable"] = int(row["pareto_k"] > UNRELIABLE_K)
+            row["unreliable"] = int(row["pareto_k"] > cut)
 
 
 def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: torch.Tensor | None) -> Scored:
@@ -126,8 +117,8 @@ def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: tor
         for index in range(len(x))
     ]
     rows = _ranked(rows)
-    _annotate(rows, detector.train_scores_, detector.offset_)
-    return Scored(rows, detector.train_scores_, detector.offset_, "log p(x)")
+    _annotate(rows, detector.train_scores_, detector.offset_, detector.num_samples)
+    return Scored(rows, detector.train_scores_, detector.offset_, "log p(x)", detector.num_samples)
 
 
 def _run_rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, args: argparse.Namespace) -> list[dict]:
@@ -157,8 +148,9 @@ def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels:
     reference = np.sort([row["score"] for row in _run_rows(run, reference_x, None, args)])
     threshold = float(np.quantile(reference, args.contamination))
     rows = _run_rows(run, x, labels, args)
-    _annotate(rows, reference, threshold)
-    return Scored(rows, reference, threshold, CORRECTION_NAMES.get(args.correction, score_name(run.config)))
+    _annotate(rows, reference, threshold, args.num_samples)
+    name = CORRECTION_NAMES.get(args.correction, score_name(run.config))
+    return Scored(rows, reference, threshold, name, args.num_samples)
 
 
 def _target_path(location: str) -> Path:
@@ -172,13 +164,15 @@ def _load_data(args: argparse.Namespace, default_spec: str | None, default_dir: 
         raise ValueError("a detector has no data set of its own; pass the data to score with --data FILE.csv|FILE.npz")
     spec = data_spec(args.data) if args.data else default_spec
     split = args.split or ("all" if args.data and ":" in spec else "test")
-    x, labels = _split(load_dataset(spec, args.data_dir if args.data else (args.data_dir or default_dir)), split)
+    x, labels = load_dataset(spec, args.data_dir if args.data else (args.data_dir or default_dir)).select(split)
     return x, labels, spec, split
 
 
 def score(args: argparse.Namespace) -> int:
     path = _target_path(args.run)
     if load_checkpoint(path).config.get("kind") == DETECTOR_KIND:
+        if args.correction != "none":
+            raise ValueError("--correction applies to image runs; a detector scores tables by log p(x)")
         detector = NoveltyDetector.load(path, args.device)
         x, labels, spec, split = _load_data(args, None, None)
         scored = _score_with_detector(detector, x, labels)
@@ -250,7 +244,9 @@ def _print_summary(scored: Scored, metrics: dict, name: str) -> None:
         f"({scored.score} < {scored.threshold:.3f}, the training data's threshold)"
     )
     if "unreliable" in metrics:
-        print(f"  {metrics['unreliable']} estimates with Pareto k̂ > {UNRELIABLE_K} (not to be trusted)")
+        cut = reliable_k(scored.num_samples)
+        count = metrics["unreliable"]
+        print(f"  {count} estimates with Pareto k̂ > {cut:.2f} (K = {scored.num_samples}): not to be trusted")
     if "auroc" in metrics:
         print(f"  AUROC against the labels (1 = novel): {metrics['auroc']:.4f}")
     print(f"most novel (lowest {scored.score}, nats):")

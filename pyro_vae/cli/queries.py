@@ -25,12 +25,7 @@ def data_of_run(run: Run, args: argparse.Namespace) -> tuple[torch.Tensor, torch
     """The requested split of ``--data`` (default: the run's own data set), preprocessed as in training."""
     spec = args.data or run.config["dataset"]
     data_dir = args.data_dir if args.data else (args.data_dir or run.config.get("data_dir"))
-    data = load_dataset(spec, data_dir)
-    parts = {"train": [(data.train_x, data.train_y)], "test": [(data.test_x, data.test_y)]}
-    parts["all"] = parts["train"] + parts["test"]
-    xs, ys = zip(*parts[args.split], strict=True)
-    x = torch.cat(xs)
-    y = None if any(part is None for part in ys) else torch.cat(ys)
+    x, y = load_dataset(spec, data_dir).select(args.split)
     x = run.preprocessor.transform(x).to(run.device)
     run.model.likelihood.check_support(x)
     return x, y, spec

@@ -131,8 +131,12 @@ def _resumed(args: argparse.Namespace) -> tuple[argparse.Namespace, Checkpoint]:
     checkpoint = load_checkpoint(checkpoint_path(args.resume))
     if checkpoint.training is None or "arguments" not in checkpoint.config:
         raise ValueError(f"{args.resume} holds no training state to resume from (written by an older pyro-vae?)")
-    stored = checkpoint.config["arguments"] | {"quiet": args.quiet, "device": args.device, "resume": args.resume}
-    return argparse.Namespace(**stored, command=args.command, command_name=args.command_name), checkpoint
+    from pyro_vae.cli import build_parser  # the defaults fill options newer than the checkpoint
+
+    defaults = vars(build_parser().parse_args(["train"]))
+    stored = defaults | checkpoint.config["arguments"] | {"quiet": args.quiet, "device": args.device}
+    stored["resume"] = args.resume
+    return argparse.Namespace(**stored), checkpoint
 
 
 def _arguments(args: argparse.Namespace) -> dict:
@@ -191,7 +195,13 @@ def run(args: argparse.Namespace) -> int:
         done = f"epoch {last_state[0].epoch} is saved" if last_state else "no epoch was completed"
         print(f"\ninterrupted: {done}; continue with: pyro-vae train --resume {out}", file=sys.stderr)
         return 130
-    return _finish(args, config, model, guide, preprocessor, history, last_state, data, test_x, device, out, progress)
+    try:
+        return _finish(
+            args, config, model, guide, preprocessor, history, last_state, data, test_x, device, out, progress
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted while writing the report; the trained model is saved in {out}", file=sys.stderr)
+        return 130
 
 
 def _fit(args, config, model, guide, data, device, progress, on_epoch_end, resume) -> History:
