@@ -80,3 +80,11 @@ def test_inference_data_round_trips_through_netcdf(tmp_path):
     assert loaded.attrs["threshold"] == -4.0
     assert np.array_equal(loaded["pareto_k"].values.ravel(), per_datum["pareto_k"])
     assert loaded["log_likelihood"].dims == ("chain", "draw", "datum")
+
+
+def test_the_k_hat_cut_off_follows_the_number_of_weights():
+    from pyro_vae.diagnostics import reliable_k
+
+    assert reliable_k(100) == pytest.approx(0.5)
+    assert reliable_k(1000) == pytest.approx(2 / 3)
+    assert reliable_k(10**6) == UNRELIABLE_K  # capped at 0.7
