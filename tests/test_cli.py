@@ -327,3 +327,17 @@ def test_killed_training_resumes_to_the_same_parameters(tmp_path):
 def test_resume_needs_a_resumable_run(tmp_path):
     missing = pyro_vae("train", "--resume", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_continue(tmp_path):
+    run = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "pyro_vae", "train", "--epochs", "50", "--batch-size", "16", "--quiet"]
+    process = subprocess.Popen([*command, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while _epoch_saved(run) < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert f"pyro-vae train --resume {run}" in stderr and "Traceback" not in stderr
+    assert 1 <= _epoch_saved(run) < 50
