@@ -96,7 +96,14 @@ def semi_supervised(args, grey_x, train_y, test_x, test_y, per_class: int | None
     binarize = (lambda x: (x > 0.5).float()) if args.static else torch.bernoulli
     start = time.perf_counter()
     pyro_vae.fit(
-        model, guide, (x, y), epochs=args.m2_epochs, loss="enum", validation=None, progress=None, transform=binarize
+        model,
+        guide,
+        (x, y),
+        epochs=args.m2_epochs,
+        loss="enum" if per_class is not None else "trace",  # nothing to enumerate with every label given
+        validation=None,
+        progress=None,
+        transform=binarize,
     )
     with torch.no_grad():
         accuracy = (guide.label_posterior(test_x).probs.argmax(-1) == test_y).float().mean().item()
