@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument(
         "--patience", type=int, default=5, help="stop when the held-out ELBO has not improved for this many epochs"
     )
-    parser.add_argument("--m2-epochs", type=int, default=10, help="epochs of each M2 run")
+    parser.add_argument("--m2-epochs", type=int, default=15, help="epochs of each M2 run")
     parser.add_argument("--alpha", type=float, default=50.0, help="weight of the auxiliary classification term")
     parser.add_argument("--classifier-arch", default="conv", choices=["mlp", "conv"], help="network of M2's q(y|x)")
     parser.add_argument("--static", action="store_true", help="M2 on images binarized once at 0.5, not dynamically")
