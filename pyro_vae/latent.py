@@ -24,15 +24,11 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae import plots
-from pyro_vae.scoring import OBSERVED_SITE
+from pyro_vae.scoring import OBSERVED_SITE, latent_sites
 
 
 def _latent_site(trace) -> dict:
-    sites = [
-        site
-        for site in trace.nodes.values()
-        if site["type"] == "sample" and not site["is_observed"] and not site["infer"].get("is_auxiliary")
-    ]
+    sites = list(latent_sites(trace).values())
     if len(sites) != 1:
         raise ValueError(f"latent tools need a guide with one latent site; this one has {len(sites)}")
     return sites[0]

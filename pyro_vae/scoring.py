@@ -74,7 +74,8 @@ def _traces(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor |
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
 
-def _latent_sites(trace) -> dict[str, dict]:
+def latent_sites(trace) -> dict[str, dict]:
+    """The latent (unobserved, non-auxiliary) sample sites of a trace, by name."""
     return {
         name: site
         for name, site in trace.nodes.items()
@@ -86,7 +87,7 @@ def _check_structure(model_trace, guide_trace) -> None:
     site = model_trace.nodes.get(OBSERVED_SITE)
     if site is None or site["type"] != "sample" or not site["is_observed"]:
         raise ValueError(f"the model has no observed sample site named {OBSERVED_SITE!r}")
-    missing = set(_latent_sites(model_trace)) - set(_latent_sites(guide_trace))
+    missing = set(latent_sites(model_trace)) - set(latent_sites(guide_trace))
     if missing:
         raise ValueError(f"latent sites {sorted(missing)} of the model are not sampled by the guide")
     for trace in (model_trace, guide_trace):
