@@ -1,0 +1,109 @@
+"""SVI steps with the ``Trace_ELBO`` estimator and less machinery per step.
+
+For a guide whose latent sites are all reparameterizable, one-particle ``Trace_ELBO`` reduces to
+
+.. math::
+
+    -\\mathrm{ELBO} = \\sum_{\\text{guide sites}} s \\log q(z) - \\sum_{\\text{model sites}} s \\log p(\\cdot),
+    \\qquad z \\sim q \\text{ by reparameterization},
+
+with ``s`` each site's plate and ``poutine.scale`` factor, and its gradient is the pathwise one
+(Kingma & Welling 2014). :class:`FastSVI` computes exactly that from a trace of the guide and a
+replayed trace of the model, and steps a :class:`pyro.optim.PyroOptim`. It leaves out what
+:class:`pyro.infer.SVI` with :class:`pyro.infer.Trace_ELBO` does on every step and this case does
+not need: collecting the parameters on every step (here: on the first, and again when Pyro's
+parameter store has grown), score-function terms, enumeration and shape checks, and Pyro's
+argument and support validation of every distribution (``fit`` checks the data's support once, on
+all of it, before training; a non-finite loss still stops it).
+
+:func:`unsupported_reason` says why a model/guide pair needs the full ``Trace_ELBO`` instead (a
+latent site without ``rsample``, enumeration, a model latent site the guide does not sample), so
+:func:`pyro_vae.fit` can fall back to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.optim import PyroOptim
+from pyro.poutine.util import site_is_subsample
+
+from pyro_vae.scoring import latent_sites
+
+
+def unsupported_reason(model: Callable, guide: Callable, *args, **kwargs) -> str | None:
+    """``None`` if :class:`FastSVI` computes ``Trace_ELBO`` for this pair, else why not."""
+    with torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    for name, site in latent_sites(guide_trace).items():
+        if site_is_subsample(site):
+            continue
+        if site["infer"].get("enumerate"):
+            return f"guide site {name!r} is enumerated"
+        if not getattr(site["fn"], "has_rsample", False):
+            return f"guide site {name!r} ({type(site['fn']).__name__}) has no reparameterized sampler"
+    missing = set(latent_sites(model_trace)) - set(latent_sites(guide_trace))
+    missing = {name for name in missing if not site_is_subsample(model_trace.nodes[name])}
+    if missing:
+        return f"model latent sites {sorted(missing)} are not sampled by the guide"
+    return None
+
+
+class FastSVI:
+    """One-particle SVI for reparameterizable guides, with the interface of :class:`pyro.infer.SVI`
+    that :func:`pyro_vae.fit` uses (``step``, ``optim``).
+
+    :param model: a Pyro model.
+    :param guide: a guide whose latent sites all have ``rsample`` (see :func:`unsupported_reason`).
+    :param optim: a :class:`pyro.optim.PyroOptim`.
+    :param gradient_hook: called as ``gradient_hook(parameters, rows)`` between the backward pass
+        and the optimizer step, with ``rows`` the length of the step's first argument (the
+        minibatch); :class:`~pyro_vae.distributed.GradientAverager` averages over processes there.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        optim: PyroOptim,
+        gradient_hook: Callable[[list[torch.Tensor], int], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.guide = guide
+        self.optim = optim
+        self.gradient_hook = gradient_hook
+        self._parameters: list[torch.Tensor] = []
+        self._store_size = -1
+
+    def loss(self, *args, **kwargs) -> torch.Tensor:
+        """-ELBO of one particle, differentiable; equal to ``Trace_ELBO().loss`` on the same draws."""
+        with pyro.validation_enabled(False):
+            guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
+            return guide_trace.log_prob_sum(_not_subsample) - model_trace.log_prob_sum(_not_subsample)
+
+    def step(self, *args, **kwargs) -> float:
+        """Take one gradient step on the -ELBO; returns its value."""
+        store = pyro.get_param_store()
+        if len(store) != self._store_size:  # the first step, or the store grew: see what is trained
+            with poutine.trace(param_only=True) as capture:
+                loss = self.loss(*args, **kwargs)
+            self._parameters = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+            self._store_size = len(store)
+        else:
+            loss = self.loss(*args, **kwargs)
+        loss.backward()
+        if self.gradient_hook is not None:
+            self.gradient_hook(self._parameters, len(args[0]))
+        self.optim(self._parameters)
+        for parameter in self._parameters:
+            parameter.grad = None
+        return loss.item()
+
+
+def _not_subsample(name: str, site: dict) -> bool:
+    return not site_is_subsample(site)

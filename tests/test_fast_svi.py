@@ -1,0 +1,147 @@
+"""FastSVI computes Pyro's Trace_ELBO (same value and gradients on the same draws), steps like
+SVI, and fit falls back to Trace_ELBO for pairs it does not cover."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+from torch.distributions import constraints
+
+import pyro_vae
+import pyro_vae.training
+from pyro_vae.fast_svi import FastSVI, unsupported_reason
+from pyro_vae.guides import AmortizedNormal
+from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted
+from pyro_vae.models import VAE
+
+SIZE = 1000  # the minibatch is 32 of 1000 data: every site is scaled by 1000/32
+
+
+def stock_pair():
+    return VAE.build((1, 8, 8), 4, (32,), "mlp", "bernoulli"), AmortizedNormal.build((1, 8, 8), 4, (32,), "mlp")
+
+
+def param_model(x, y=None, size=None):
+    """A user's model with raw pyro.param statements and a constrained parameter."""
+    weight = pyro.param("weight", torch.full((3, x.shape[1]), 0.1))
+    noise = pyro.param("noise", torch.tensor(0.5), constraint=constraints.positive)
+    with pyro.plate("data", size, subsample=x):
+        z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 3), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z @ weight, noise).to_event(1), obs=x)
+
+
+def param_guide(x, y=None, size=None):
+    projection = pyro.param("projection", torch.full((x.shape[1], 3), 0.05))
+    scale = pyro.param("scale", torch.full((3,), 0.7), constraint=constraints.positive)
+    with pyro.plate("data", size, subsample=x):
+        pyro.sample("z", dist.Normal(x @ projection, scale).to_event(1))
+
+
+def binary_batch():
+    return (torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+
+
+def loss_and_grads(loss_fn, parameters, *args, **kwargs):
+    pyro.set_rng_seed(7)
+    loss = loss_fn(*args, **kwargs)
+    grads = torch.autograd.grad(loss, parameters)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("pair", ["stock", "pyro.param", "beta"])
+def test_loss_and_gradients_equal_trace_elbo_on_the_same_draws(pair):
+    pyro.clear_param_store()
+    if pair == "pyro.param":
+        model, guide, x = param_model, param_guide, torch.randn(32, 5)
+    else:
+        model, guide = stock_pair()
+        x = binary_batch()
+    if pair == "beta":
+        handler = KLWeightMessenger(0.25)
+        model, guide = kl_weighted(model, handler), kl_weighted(guide, handler)
+    with poutine.trace(param_only=True) as capture:
+        Trace_ELBO().differentiable_loss(model, guide, x, size=SIZE)
+    parameters = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+    assert len(parameters) >= 4
+
+    fast_loss, fast_grads = loss_and_grads(FastSVI(model, guide, None).loss, parameters, x, size=SIZE)
+    reference = Trace_ELBO().differentiable_loss
+    pyro_loss, pyro_grads = loss_and_grads(reference, parameters, model, guide, x, size=SIZE)
+
+    assert torch.isclose(fast_loss, pyro_loss, rtol=1e-6)
+    for fast, stock in zip(fast_grads, pyro_grads, strict=True):
+        assert torch.allclose(fast, stock, rtol=1e-5, atol=1e-7)
+    pyro.set_rng_seed(8)  # other draws give another loss: the comparison above is not vacuous
+    assert not torch.isclose(FastSVI(model, guide, None).loss(x, size=SIZE), pyro_loss)
+
+
+def test_steps_match_pyro_svi():
+    """Ten Adam steps from the same start on the same draws end at the same parameters."""
+    x = torch.randn(32, 5)
+    ends = []
+    for stepper in (FastSVI, lambda m, g, o: SVI(m, g, o, Trace_ELBO())):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(3)
+        svi = stepper(param_model, param_guide, pyro.optim.Adam({"lr": 0.05}))
+        losses = [svi.step(x, size=SIZE) for _ in range(10)]
+        ends.append((losses, {name: value.detach().clone() for name, value in pyro.get_param_store().items()}))
+    (fast_losses, fast_params), (svi_losses, svi_params) = ends
+    assert fast_losses == pytest.approx(svi_losses, rel=1e-5)
+    assert fast_losses[-1] < fast_losses[0]
+    for name, value in svi_params.items():
+        assert torch.allclose(fast_params[name], value, rtol=1e-5, atol=1e-6), name
+
+
+def discrete_guide(x, y=None, size=None):
+    probs = pyro.param("probs", torch.tensor(0.5), constraint=constraints.unit_interval)
+    with pyro.plate("data", size, subsample=x):
+        pyro.sample("z", dist.Bernoulli(probs).expand([x.shape[0]]))
+
+
+def discrete_model(x, y=None, size=None):
+    with pyro.plate("data", size, subsample=x):
+        z = pyro.sample("z", dist.Bernoulli(0.3).expand([x.shape[0]]))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def enumerated_guide(x, y=None, size=None):
+    with pyro.plate("data", size, subsample=x):
+        pyro.sample("z", dist.Bernoulli(0.5).expand([x.shape[0]]), infer={"enumerate": "parallel"})
+
+
+def empty_guide(x, y=None, size=None):
+    with pyro.plate("data", size, subsample=x):
+        pass
+
+
+@pytest.mark.parametrize(
+    "guide,reason",
+    [(discrete_guide, "no reparameterized sampler"), (enumerated_guide, "enumerated"), (empty_guide, "not sampled")],
+)
+def test_pairs_it_does_not_cover_are_named(guide, reason):
+    assert reason in unsupported_reason(discrete_model, guide, torch.randn(8), size=8)
+
+
+def test_supported_pairs_have_no_reason():
+    model, guide = stock_pair()
+    assert unsupported_reason(model, guide, binary_batch(), size=SIZE) is None
+    assert unsupported_reason(param_model, param_guide, torch.randn(8, 5), size=SIZE) is None
+
+
+def test_fit_uses_fast_svi_when_it_can_and_trace_elbo_otherwise(monkeypatch):
+    made = []
+    original = pyro_vae.training._make_svi
+
+    def spy(*args):
+        made.append(original(*args))
+        return made[-1]
+
+    monkeypatch.setattr(pyro_vae.training, "_make_svi", spy)
+    pyro_vae.fit(param_model, param_guide, torch.randn(64, 5), epochs=1, validation=None, progress=False)
+    pyro_vae.fit(discrete_model, discrete_guide, torch.randn(64), epochs=1, validation=None, progress=False)
+    assert isinstance(made[0], FastSVI)
+    assert isinstance(made[1], SVI) and isinstance(made[1].loss_and_grads.__self__, Trace_ELBO)
