@@ -26,13 +26,17 @@ from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMean
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pyro_vae import distributed as parallel
 from pyro_vae.device import resolve_device
+from pyro_vae.fast_svi import FastSVI, unsupported_reason
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
 from pyro_vae.scoring import check_observed_support, elbo, max_plate_nesting
 from pyro_vae.validation import check_data
 
+AUTO = "auto"
+Stepper = SVI | FastSVI
 LOSSES: dict[str, type] = {
     "trace": Trace_ELBO,
     "meanfield": TraceMeanField_ELBO,
@@ -146,9 +150,10 @@ def _batches(
     generator: torch.Generator,
     device: torch.device,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    distributed: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     if transform is not None:
-        for x, y in _batches(data, batch_size, generator, device):
+        for x, y in _batches(data, batch_size, generator, device, distributed=distributed):
             yield transform(x), y
         return
     if isinstance(data, Dataset):
@@ -159,7 +164,19 @@ def _batches(
     order = torch.randperm(len(x), generator=generator)
     for start in range(0, len(x), batch_size):
         index = order[start : start + batch_size].to(x.device)
+        if distributed:
+            if len(index) < parallel.world_size():
+                continue  # some process would get no rows
+            index = parallel.shard(index)
         yield x[index], None if y is None else y[index]
+
+
+def _start_distributed(data: Data, device: torch.device, loss: str) -> None:
+    if isinstance(data, Dataset):
+        raise ValueError("distributed training shards tensors; pass the data as a tensor or an (x, y) pair")
+    if loss != AUTO:
+        raise ValueError(f"distributed training averages FastSVI's gradients; use loss='auto', not {loss!r}")
+    parallel.initialize(device)
 
 
 def _check_training_data(data: Data, model: Callable) -> None:
@@ -194,12 +211,32 @@ def _make_optimizer(name: str, lr: float, clip_norm: float | None) -> pyro.optim
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
-def _make_loss(name: str, num_particles: int, vectorize_particles: bool, plate_nesting: int):
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    return LOSSES[name](
+def _make_svi(
+    model: Callable,
+    guide: Callable,
+    optim: pyro.optim.PyroOptim,
+    loss: str,
+    num_particles: int,
+    vectorize_particles: bool,
+    plate_nesting: int,
+    first_batch: tuple[torch.Tensor, torch.Tensor | None, int],
+    gradient_hook: Callable[[list[torch.Tensor], int], None] | None = None,
+) -> Stepper:
+    """:class:`FastSVI` for ``loss="auto"`` when it computes the same estimator, else Pyro's SVI."""
+    if loss != AUTO and loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {[AUTO, *sorted(LOSSES)]}")
+    if loss == AUTO:
+        x, y, size = first_batch
+        reason = "more than one particle" if num_particles > 1 else unsupported_reason(model, guide, x, y=y, size=size)
+        if reason is None:
+            return FastSVI(model, guide, optim, gradient_hook)
+        if gradient_hook is not None:
+            raise ValueError(f"distributed training needs a reparameterizable guide and one particle, but {reason}")
+        loss = "trace"
+    elbo = LOSSES[loss](
         num_particles=num_particles, vectorize_particles=vectorize_particles, max_plate_nesting=plate_nesting
     )
+    return SVI(model, guide, optim, elbo)
 
 
 def _evict_stale_params(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None, size: int) -> None:
@@ -257,7 +294,7 @@ def fit(
     lr: float = 1e-3,
     optimizer: str = "adam",
     clip_norm: float | None = None,
-    loss: str = "trace",
+    loss: str = AUTO,
     num_particles: int = 1,
     vectorize_particles: bool = False,
     beta: float = 1.0,
@@ -271,6 +308,7 @@ def fit(
     on_epoch_end: Callable[[TrainingState], None] | None = None,
     resume: TrainingState | None = None,
     on_nonfinite: str = "raise",
+    distributed: bool = False,
 ) -> History:
     """Train ``model`` and ``guide`` by SVI and return the :class:`History`.
 
@@ -287,7 +325,9 @@ def fit(
     :param str optimizer: ``"adam"`` or ``"clipped-adam"`` (Pyro's Adam with gradient clipping
         and optional decay).
     :param clip_norm: clip each parameter's gradient to this norm (Pyro clips per parameter).
-    :param str loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
+    :param str loss: ``"auto"`` (the default: :class:`~pyro_vae.fast_svi.FastSVI`, the
+        ``Trace_ELBO`` estimator with less work per step, when the guide is reparameterizable and
+        one particle is used; else ``"trace"``), ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
         (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL where available), ``"jit"``
         (:class:`~pyro.infer.JitTrace_ELBO`) or ``"enum"`` (:class:`~pyro.infer.TraceEnum_ELBO`:
         discrete sites marked for enumeration are summed out exactly).
@@ -320,6 +360,11 @@ def fit(
         naming the epoch and step; ``"rollback"`` restores the parameters and optimizer state of
         the last completed epoch, halves the learning rate and repeats the epoch, up to
         :data:`MAX_ROLLBACKS` times in a run (``History.rollbacks`` counts them).
+    :param bool distributed: data-parallel training in the processes started by ``torchrun``
+        (:mod:`pyro_vae.distributed`): each takes its share of every minibatch, gradients are
+        averaged, and the reported ELBOs are means over the processes. Needs tensor data and
+        ``loss="auto"`` with a reparameterizable guide; a last minibatch with fewer rows than
+        processes is skipped.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -331,6 +376,8 @@ def fit(
     if seed is not None:
         pyro.set_rng_seed(seed)
     torch_device = resolve_device(device)
+    if distributed:
+        _start_distributed(data, torch_device, loss)
     for part in (model, guide):
         if isinstance(part, nn.Module):
             part.to(torch_device)
@@ -340,6 +387,8 @@ def fit(
     train_data = _to_device(train_data, torch_device)
     size = _num_data(train_data)
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+    if distributed:  # the same minibatch order in every process, but each its own draws
+        pyro.set_rng_seed((seed or 0) + parallel.rank())
 
     first_x, first_y = _first_batch(train_data, batch_size, torch_device)
     if transform is not None:
@@ -349,13 +398,19 @@ def fit(
     _evict_stale_params(model, guide, first_x, first_y, size)
     kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
     weighted = beta != 1.0 or warmup_epochs > 0
-    svi = SVI(
+    # Checks the convention up front (observed "x", sites in the "data" plate) and spares Pyro's
+    # ELBOs their own guess of the plate nesting.
+    plate_nesting = max_plate_nesting(model, guide, first_x, first_y)
+    svi = _make_svi(
         kl_weighted(model, kl_handler) if weighted else model,
         kl_weighted(guide, kl_handler) if weighted else guide,
         _make_optimizer(optimizer, lr, clip_norm),
-        # Checks the convention up front (observed "x", sites in the "data" plate) and spares
-        # Pyro's ELBOs their own guess of the plate nesting.
-        _make_loss(loss, num_particles, vectorize_particles, max_plate_nesting(model, guide, first_x, first_y)),
+        loss,
+        num_particles,
+        vectorize_particles,
+        plate_nesting,
+        (first_x, first_y, size),
+        parallel.GradientAverager() if distributed else None,
     )
     x_val, y_val = _to_device(_as_tensors(val_data), torch_device) if val_data is not None else (None, None)
     if transform is not None and x_val is not None:
@@ -373,7 +428,7 @@ def fit(
         start = time.perf_counter()
         schedule = _KLSchedule(kl_handler, beta, warmup_epochs, epoch, math.ceil(size / batch_size))
         while True:
-            batches = _batches(train_data, batch_size, generator, torch_device, transform)
+            batches = _batches(train_data, batch_size, generator, torch_device, transform, distributed)
             try:
                 train_elbo = _train_epoch(svi, batches, size, schedule)
                 break
@@ -385,6 +440,7 @@ def fit(
         if last_good is not None:
             last_good.save()
         val_elbo = elbo(model, guide, x_val, y_val).mean().item() if x_val is not None else math.nan
+        train_elbo, val_elbo = parallel.mean_over_processes(train_elbo), parallel.mean_over_processes(val_elbo)
         history.append(epoch, train_elbo, val_elbo, kl_handler.weight, time.perf_counter() - start)
         bar.set_postfix(train_elbo=f"{train_elbo:.3f}", val_elbo=f"{val_elbo:.3f}")
         if best.update(epoch, val_elbo):
@@ -399,7 +455,7 @@ def fit(
     return history
 
 
-def _state(epoch: int, svi: SVI, history: History, best: _BestEpoch, generator: torch.Generator) -> TrainingState:
+def _state(epoch: int, svi: Stepper, history: History, best: _BestEpoch, generator: torch.Generator) -> TrainingState:
     return TrainingState(
         epoch=epoch,
         history=asdict(history),
@@ -411,7 +467,7 @@ def _state(epoch: int, svi: SVI, history: History, best: _BestEpoch, generator: 
     )
 
 
-def _resume(state: TrainingState, svi: SVI, history: History, best: _BestEpoch, generator: torch.Generator) -> int:
+def _resume(state: TrainingState, svi: Stepper, history: History, best: _BestEpoch, generator: torch.Generator) -> int:
     """Put the loop where ``state`` left it; returns the next epoch."""
     for key, value in state.history.items():
         setattr(history, key, value)
@@ -437,7 +493,7 @@ class _KLSchedule:
         self.handler.weight = linear_warmup(progress, self.beta, self.warmup_epochs)
 
 
-def _train_epoch(svi: SVI, batches: Iterator, size: int, schedule: _KLSchedule) -> float:
+def _train_epoch(svi: Stepper, batches: Iterator, size: int, schedule: _KLSchedule) -> float:
     """One pass of SVI steps; returns the mean training objective per datum."""
     total, steps = 0.0, 0
     for step, (x, y) in enumerate(batches):
@@ -468,7 +524,7 @@ class _LastGood:
     """Every parameter in Pyro's store and the optimizer state at the end of the last completed
     epoch, to roll back to after a numerical fault."""
 
-    def __init__(self, svi: SVI, resume: TrainingState | None) -> None:
+    def __init__(self, svi: Stepper, resume: TrainingState | None) -> None:
         self.svi = svi
         self.save()
         if resume is not None:  # the resumed optimizer state waits inside Pyro until the first step

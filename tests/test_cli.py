@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -341,3 +342,37 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_continue(tmp_path):
     assert process.returncode == 130
     assert f"pyro-vae train --resume {run}" in stderr and "Traceback" not in stderr
     assert 1 <= _epoch_saved(run) < 50
+
+
+def test_two_process_training_matches_one_process(tmp_path):
+    """torchrun with 2 processes (gloo) and --distributed: each process trains on half of every
+    minibatch and the gradients are averaged, so with a deterministic guide (no random draws)
+    the parameters and ELBOs equal the single-process run's up to float rounding; only rank 0
+    writes the run."""
+    from pyro_vae.checkpoint import load_checkpoint
+
+    options = ["--dataset", "digits", "--guide", "delta", "--epochs", "3", "--batch-size", "64", "--quiet"]
+    options += ["--score-samples", "2", "--seed", "3"]
+    single = pyro_vae("train", *options, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    command += ["-m", "pyro_vae", "train", *options, "--out", str(tmp_path / "two"), "--distributed"]
+    double = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert double.returncode == 0, double.stderr
+    assert double.stdout.count("wrote to") == 1 and "in 2 processes" in double.stdout
+
+    histories = [np.loadtxt(tmp_path / run / "history.csv", delimiter=",", skiprows=1) for run in ("one", "two")]
+    np.testing.assert_allclose(histories[0][:, 1:3], histories[1][:, 1:3], rtol=1e-5)
+    assert histories[0][-1, 2] > histories[0][0, 2] + 10  # it trained: the held-out ELBO rose
+    expected, actual = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("one", "two"))
+    for part in ("model_state", "guide_state"):
+        for name, value in getattr(expected, part).items():
+            torch.testing.assert_close(getattr(actual, part)[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_distributed_needs_torchrun(tmp_path):
+    result = pyro_vae("train", "--epochs", "1", "--distributed", "--out", str(tmp_path / "run"))
+    assert result.returncode != 0 and "torchrun" in result.stderr

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pyro_vae.cli import latent, novelty, queries, train
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
-from pyro_vae.training import LOSSES
+from pyro_vae.training import AUTO, LOSSES
 
 DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, npz:PATH, csv:PATH or images:DIR"
 
@@ -80,8 +80,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
     parser.add_argument(
         "--loss",
-        choices=sorted(LOSSES),
-        help="Pyro ELBO implementation (default: enum with missing labels, else trace)",
+        choices=[AUTO, *sorted(LOSSES)],
+        help="ELBO implementation (default: enum with missing labels, else auto: a lean Trace_ELBO "
+        "for reparameterizable guides, Pyro's Trace_ELBO otherwise)",
     )
     parser.add_argument("--particles", type=int, default=1, help="ELBO particles per step (vectorized)")
     parser.add_argument("--beta", type=float, default=1.0, help="KL weight")
@@ -122,6 +123,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="continue the interrupted run in DIR from its last completed epoch, with the options it was started "
         "with (a checkpoint is written after every epoch); --device and --quiet may change",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training in the processes of torchrun --nproc_per_node=N -m pyro_vae train ...; "
+        "rank 0 writes the run",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(command=train.run)

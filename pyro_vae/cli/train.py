@@ -11,6 +11,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyro_vae import distributed as parallel
 from pyro_vae import plots
 from pyro_vae.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pyro_vae.cli.report import (
@@ -26,7 +27,7 @@ from pyro_vae.data import DataSplits, hide_labels, load_dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.preprocessing import Preprocessor
 from pyro_vae.resume import TrainingState
-from pyro_vae.training import History, fit
+from pyro_vae.training import AUTO, History, fit
 from pyro_vae.validation import check_data
 
 
@@ -113,16 +114,17 @@ def _training_data(args: argparse.Namespace, config: dict, train_x: torch.Tensor
 def _loss(args: argparse.Namespace) -> str:
     if args.loss is not None:
         return args.loss
-    return "enum" if args.labels_per_class is not None else "trace"
+    return "enum" if args.labels_per_class is not None else AUTO
 
 
-def _describe(args: argparse.Namespace, config: dict, count: int, device: torch.device) -> str:
+def _describe(args: argparse.Namespace, config: dict, count: int, device: torch.device, processes: int) -> str:
     kind = "conditional VAE" if config.get("conditional") else f"VAE ({args.guide} guide)"
     if config.get("labels_per_class") is not None:
         kind = f"semi-supervised conditional VAE ({args.labels_per_class} labels per class)"
     return (
         f"training a {args.arch} {kind}, {config['likelihood']} likelihood, {args.latent_dim}-d latent, "
         f"on {count} {args.dataset} data of shape {tuple(config['x_shape'])}, on {device}"
+        + (f" in {processes} processes" if processes > 1 else "")
     )
 
 
@@ -153,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}")
         _check_out_dir(out, args.overwrite)
     device = resolve_device(args.device)
+    if args.distributed:
+        parallel.initialize(device)
+    writer = parallel.is_writer()
     data = load_dataset(args.dataset, args.data_dir, args.download)
     check_data(data.train_x, f"{args.dataset} training data")
     check_data(data.test_x, f"{args.dataset} test data")
@@ -168,16 +173,19 @@ def run(args: argparse.Namespace) -> int:
         checkpoint.load_into(model, guide)
         resume = TrainingState.from_dict(checkpoint.training)
         print(f"resuming {out} after epoch {resume.epoch} of {args.epochs}")
-    print(_describe(args, config, len(train_x), device))
-    progress = False if args.quiet else None
+    if writer:
+        print(_describe(args, config, len(train_x), device, parallel.world_size()))
+    progress = False if args.quiet or not writer else None
     out.mkdir(parents=True, exist_ok=True)
     last_state: list[TrainingState] = [] if resume is None else [resume]
 
     def save_epoch(state: TrainingState) -> None:
+        last_state[:] = [state]
+        if not writer:
+            return
         save_checkpoint(
             out / CHECKPOINT_NAME, model, guide, config, preprocessor.state_dict(), training=state.to_dict()
         )
-        last_state[:] = [state]
 
     try:
         history = _fit(
@@ -195,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         done = f"epoch {last_state[0].epoch} is saved" if last_state else "no epoch was completed"
         print(f"\ninterrupted: {done}; continue with: pyro-vae train --resume {out}", file=sys.stderr)
         return 130
+    if not writer:
+        return 0
     try:
         return _finish(
             args, config, model, guide, preprocessor, history, last_state, data, test_x, device, out, progress
@@ -226,6 +236,7 @@ def _fit(args, config, model, guide, data, device, progress, on_epoch_end, resum
         on_epoch_end=on_epoch_end,
         resume=resume,
         on_nonfinite=args.on_nonfinite,
+        distributed=args.distributed,
     )
 
 
