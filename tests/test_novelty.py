@@ -24,7 +24,7 @@ def messy_table(rows: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fitted():
-    detector = NoveltyDetector(contamination=0.05, epochs=40, num_samples=50, random_state=0)
+    detector = NoveltyDetector(members=2, contamination=0.05, epochs=40, num_samples=50, random_state=0)
     return detector.fit(messy_table(1000, seed=0))
 
 
@@ -123,3 +123,20 @@ def test_every_score_carries_its_pareto_k(fitted):
     assert scores.pareto_k.shape == (40,) and np.isfinite(scores.pareto_k).all()
     assert scores.num_samples == fitted.num_samples
     assert np.array_equal(scores.unreliable, scores.pareto_k > 1 - 1 / np.log10(50))  # 0.41 at K = 50
+
+
+def test_members_are_seeded_apart_and_their_log_likelihoods_averaged():
+    """Member m of a detector with random_state s is the network a one-member detector with
+    random_state s + m trains; the score is the mean of the members' log p(x) (up to the
+    importance sampling noise of K = 400)."""
+    import torch
+
+    table = messy_table(300, seed=11)
+    options = {"epochs": 5, "num_samples": 400}
+    pair = NoveltyDetector(members=2, random_state=0, **options).fit(table)
+    singles = [NoveltyDetector(members=1, random_state=seed, **options).fit(table) for seed in (0, 1)]
+    for member, single in zip(pair.models_, singles, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(member.parameters(), single.models_[0].parameters(), strict=True))
+    first, second = (single.score_samples(table) for single in singles)
+    assert np.abs(first - second).mean() > 0.2  # the members differ, so the mean is not either one
+    assert np.abs(pair.score_samples(table) - (first + second) / 2).mean() < 0.05

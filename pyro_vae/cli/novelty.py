@@ -52,6 +52,8 @@ def fit_detector(args: argparse.Namespace) -> int:
     if x.dim() != 2:
         raise ValueError(f"fit-detector takes a table (rows, columns); {spec} holds data shaped {tuple(x.shape)}")
     detector = NoveltyDetector(
+        members=args.members,
+        steps=args.steps,
         epochs=args.epochs,
         num_samples=args.num_samples,
         contamination=args.contamination,
