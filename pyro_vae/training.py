@@ -309,6 +309,7 @@ def fit(
     resume: TrainingState | None = None,
     on_nonfinite: str = "raise",
     distributed: bool = False,
+    max_minutes: float | None = None,
 ) -> History:
     """Train ``model`` and ``guide`` by SVI and return the :class:`History`.
 
@@ -365,6 +366,8 @@ def fit(
         averaged, and the reported ELBOs are means over the processes. Needs tensor data and
         ``loss="auto"`` with a reparameterizable guide; a last minibatch with fewer rows than
         processes is skipped.
+    :param max_minutes: a training-time budget: no epoch starts once the epochs so far took this
+        long (``History.wall_time``). With ``patience``, the best epoch's parameters are restored.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -449,7 +452,7 @@ def fit(
             history.stopped_early = True
         if on_epoch_end is not None:
             on_epoch_end(_state(epoch, svi, history, best, generator))
-        if history.stopped_early:
+        if history.stopped_early or (max_minutes is not None and history.wall_time >= 60 * max_minutes):
             break
     best.restore()
     return history

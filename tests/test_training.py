@@ -255,6 +255,13 @@ def test_early_stopping_restores_the_best_epoch(digits):
     assert abs(restored - best) < abs(restored - last)
 
 
+def test_time_budget_stops_training(digits):
+    model, guide = stock_pair()
+    history = pyro_vae.fit(model, guide, digits.train_x, epochs=1000, max_minutes=0.02, progress=False)
+    assert 1 <= len(history.epoch) < 1000
+    assert history.wall_time - history.seconds[-1] < 60 * 0.02 <= history.wall_time
+
+
 def test_a_second_model_with_the_same_parameter_names_trains(digits):
     """Pyro's global parameter store must not hand the second model the first one's tensors."""
     for _ in range(2):
