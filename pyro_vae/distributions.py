@@ -8,6 +8,34 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
+LINEAR_BELOW = -15.0  # log σ(s) = s - log(1 + exp(s)), and exp(-15) = 3e-7
+
+
+class BernoulliLogits(dist.Bernoulli):
+    """Pyro's Bernoulli, parameterized by logits, with a log-density that costs about half as much.
+
+    For x in {0, 1}, log p(x) = log σ(s) with s = (2x - 1) · logit. It is computed as
+    ``log(sigmoid(s))``, switching to ``s`` itself below ``s = -15`` (where the two agree to
+    3e-7), instead of the ``log1p``-based ``binary_cross_entropy_with_logits`` that
+    :class:`torch.distributions.Bernoulli` uses: ``sigmoid`` is vectorized in every PyTorch CPU
+    build, and ``log1p`` is not in some (PyTorch 2.14's wheel: 80 ms for 3.2 M values on one
+    thread, against 1.4 ms for ``sigmoid`` and 26 ms for ``log``). Most of the cost of scoring
+    binary images is this log-density (``experiments/bench_score.py``).
+    """
+
+    def __init__(self, logits: torch.Tensor, validate_args: bool | None = None) -> None:
+        super().__init__(logits=logits, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> BernoulliLogits:
+        return BernoulliLogits(self.logits.expand(torch.Size(batch_shape)), validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        signed = self.logits * (2 * value - 1)
+        # Clamped inside the log so the unused branch has a finite gradient below -15.
+        return torch.where(signed < LINEAR_BELOW, signed, torch.sigmoid(signed.clamp(min=LINEAR_BELOW)).log())
+
 
 class MixedColumns(dist.TorchDistribution):
     """Independent columns of a table: Bernoulli for the binary columns, a location-scale family
@@ -45,7 +73,7 @@ class MixedColumns(dist.TorchDistribution):
         return dist.StudentT(self.df, self.loc, self.scale)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        binary_part = dist.Bernoulli(logits=self.loc, validate_args=False).log_prob(value)
+        binary_part = BernoulliLogits(self.loc, validate_args=False).log_prob(value)
         continuous_part = self._continuous().log_prob(value)
         return torch.where(self.binary, binary_part, continuous_part).sum(-1)
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from pyro_vae.distributions import MixedColumns
+from pyro_vae.distributions import BernoulliLogits, MixedColumns
 
 
 class Likelihood(nn.Module):
@@ -60,7 +60,7 @@ class Bernoulli(Likelihood):
     name = "bernoulli"
 
     def make_dist(self, logits: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=logits)
+        return BernoulliLogits(logits)
 
     def check_support(self, x: torch.Tensor) -> None:
         super().check_support(x)

@@ -89,3 +89,25 @@ def test_smaller_gaussian_scale_buys_sharper_reconstructions(digits):
             reconstruction = model.decode(guide.posterior(digits.test_x).mean)
         errors[scale] = (reconstruction - digits.test_x).pow(2).mean().item()
     assert errors[0.05] < 0.5 * errors[1.0]
+
+
+def test_bernoulli_logits_matches_torch_bernoulli_in_value_and_gradient():
+    """The cheaper log-density equals torch's (log1p-based) one from logit -100 to 100, including
+    its gradient, and stays finite where sigmoid underflows."""
+    import pyro.distributions as dist
+    import torch
+
+    from pyro_vae.distributions import BernoulliLogits
+
+    logits = torch.linspace(-100, 100, 2001).repeat(2, 1).requires_grad_()
+    value = torch.stack([torch.zeros(2001), torch.ones(2001)])
+    ours = BernoulliLogits(logits).log_prob(value)
+    reference = dist.Bernoulli(logits=logits).log_prob(value)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(ours.sum(), logits)
+    (expected,) = torch.autograd.grad(reference.sum(), logits)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+    assert isinstance(BernoulliLogits(logits).expand((3, 2, 2001)), BernoulliLogits)
+    with pytest.raises(ValueError):
+        BernoulliLogits(torch.zeros(3), validate_args=True).log_prob(torch.tensor([0.0, 0.5, 1.0]))
