@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     detector = commands.add_parser(
         "fit-detector",
         help="fit a NoveltyDetector to a table and write DIR/detector.pt",
-        description="Fit a NoveltyDetector (a VAE with per-column likelihoods, scored by importance-sampled "
+        description="Fit a NoveltyDetector (VAEs with per-column likelihoods, scored by their mean importance-sampled "
         "log p(x)) to a CSV or NPZ table and write OUT/detector.pt; score new data with 'pyro-vae score OUT'.",
         formatter_class=_HelpFormatter,
     )
