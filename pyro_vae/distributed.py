@@ -13,9 +13,13 @@ throughout. Only rank 0 writes files.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+
+_DEVICE = [torch.device("cpu")]  # where reductions of plain numbers happen (NCCL needs CUDA tensors)
 
 
 def launched_by_torchrun() -> bool:
@@ -23,16 +27,22 @@ def launched_by_torchrun() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def initialize(device: torch.device) -> None:
-    """Join the process group that ``torchrun`` set up (NCCL for CUDA, gloo otherwise)."""
+def initialize(device: torch.device) -> torch.device:
+    """Join the process group that ``torchrun`` set up (NCCL for CUDA, gloo otherwise) and return
+    this process's device: ``cuda:LOCAL_RANK`` for CUDA, else ``device``."""
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    _DEVICE[0] = device
     if dist.is_initialized():
-        return
+        return device
     if not launched_by_torchrun():
         raise RuntimeError(
             "distributed training needs the environment torchrun sets (RANK, WORLD_SIZE, MASTER_ADDR, "
             "MASTER_PORT); start it with: torchrun --nproc_per_node=N -m pyro_vae train ... --distributed"
         )
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 def rank() -> int:
@@ -57,36 +67,65 @@ def shard(index: torch.Tensor) -> torch.Tensor:
 
 
 class GradientAverager:
-    """Called after every backward pass with the parameters and the number of rows this process
-    used: broadcasts rank 0's parameter values on the first call (and for parameters that appear
-    later), then replaces each gradient by the row-weighted mean over the processes,
-    ``sum_r rows_r grad_r / sum_r rows_r``, with one all-reduce of a flat buffer. With each
-    process's loss scaled by ``size / rows_r``, that is the gradient of the whole minibatch even
-    when the shares differ in size."""
+    """Called after every backward pass with the parameters (the same list in every process), the
+    number of rows this process used and its loss: broadcasts rank 0's values of parameters it has
+    not seen before, then replaces each gradient by the row-weighted mean over the processes,
+    ``sum_r rows_r grad_r / sum_r rows_r``, with one all-reduce of a flat buffer that also carries
+    the losses. With each process's loss scaled by ``size / rows_r``, that is the gradient (and
+    the loss) of the whole minibatch, even when the shares differ in size; a non-finite loss in
+    any process makes the returned loss non-finite in all of them, so they stop together."""
 
     def __init__(self) -> None:
         self._synchronized: set[int] = set()
 
-    def __call__(self, parameters: list[torch.Tensor], rows: int) -> None:
+    def __call__(self, parameters: list[torch.Tensor], rows: int, loss: torch.Tensor) -> torch.Tensor:
         new = [parameter for parameter in parameters if id(parameter) not in self._synchronized]
-        with torch.no_grad():
-            for parameter in new:
-                dist.broadcast(parameter, src=0)
+        broadcast_parameters(new)
         self._synchronized.update(id(parameter) for parameter in new)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = torch.cat([rows * grad.reshape(-1) for grad in grads] + [grads[0].new_tensor([rows])])
+        weight = loss.new_tensor([rows])
+        flat = torch.cat([rows * grad.reshape(-1) for grad in grads] + [weight * loss.reshape(1), weight])
         dist.all_reduce(flat)
-        flat = flat[:-1] / flat[-1]
+        flat = flat / flat[-1]
         offset = 0
         for parameter, grad in zip(parameters, grads, strict=True):
             parameter.grad = flat[offset : offset + grad.numel()].view_as(grad)
             offset += grad.numel()
+        return flat[-2]
+
+
+def broadcast_parameters(parameters: list[torch.Tensor]) -> None:
+    """Give every process rank 0's values of ``parameters`` (in place)."""
+    if not dist.is_initialized():
+        return
+    with torch.no_grad():
+        for parameter in parameters:
+            dist.broadcast(parameter, src=0)
+
+
+@contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Rank 0 runs the block first (say, a download), then the others."""
+    if dist.is_initialized() and rank() != 0:
+        dist.barrier()
+    yield
+    if dist.is_initialized() and rank() == 0:
+        dist.barrier()
 
 
 def mean_over_processes(value: float) -> float:
     """The mean of a number over the processes (the number itself without a process group)."""
+    return _reduce(value, dist.ReduceOp.SUM) / world_size()
+
+
+def max_over_processes(value: float) -> float:
+    """The largest of a number over the processes (the number itself without a process group)."""
+    return _reduce(value, dist.ReduceOp.MAX)
+
+
+def _reduce(value: float, op) -> float:
     if not dist.is_initialized():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.item() / world_size()
+    tensor = torch.tensor([value], dtype=torch.float64, device=_DEVICE[0])
+    dist.all_reduce(tensor, op=op)
+    return tensor.item()

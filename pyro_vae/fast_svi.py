@@ -11,13 +11,13 @@ with ``s`` each site's plate and ``poutine.scale`` factor, and its gradient is t
 (Kingma & Welling 2014). :class:`FastSVI` computes exactly that from a trace of the guide and a
 replayed trace of the model, and steps a :class:`pyro.optim.PyroOptim`. It leaves out what
 :class:`pyro.infer.SVI` with :class:`pyro.infer.Trace_ELBO` does on every step and this case does
-not need: collecting the parameters on every step (here: on the first, and again when Pyro's
-parameter store has grown), score-function terms, enumeration and shape checks, and Pyro's
-argument and support validation of every distribution (``fit`` checks the data's support once, on
-all of it, before training; a non-finite loss still stops it).
+not need: a third trace on every step to collect the parameters (here: the tensors of Pyro's
+parameter store that received a gradient), score-function terms, and enumeration and shape
+checks. Pyro's argument and support validation stays as the user set it.
 
 :func:`unsupported_reason` says why a model/guide pair needs the full ``Trace_ELBO`` instead (a
-latent site without ``rsample``, enumeration, a model latent site the guide does not sample), so
+latent or auxiliary site without ``rsample``, enumeration, a model latent site the guide does not
+sample), so
 :func:`pyro_vae.fit` can fall back to it.
 """
 
@@ -39,9 +39,12 @@ def unsupported_reason(model: Callable, guide: Callable, *args, **kwargs) -> str
     with torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    for name, site in latent_sites(guide_trace).items():
-        if site_is_subsample(site):
-            continue
+    sampled = {
+        name: site
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    }
+    for name, site in sampled.items():
         if site["infer"].get("enumerate"):
             return f"guide site {name!r} is enumerated"
         if not getattr(site["fn"], "has_rsample", False):
@@ -60,9 +63,11 @@ class FastSVI:
     :param model: a Pyro model.
     :param guide: a guide whose latent sites all have ``rsample`` (see :func:`unsupported_reason`).
     :param optim: a :class:`pyro.optim.PyroOptim`.
-    :param gradient_hook: called as ``gradient_hook(parameters, rows)`` between the backward pass
-        and the optimizer step, with ``rows`` the length of the step's first argument (the
-        minibatch); :class:`~pyro_vae.distributed.GradientAverager` averages over processes there.
+    :param gradient_hook: called as ``gradient_hook(parameters, rows, loss)`` between the backward
+        pass and the optimizer step, with ``rows`` the length of the step's first argument (the
+        minibatch); it returns the loss to report. With a hook, every tensor of the parameter store
+        is passed, sorted by name, so that all callers agree on the list;
+        :class:`~pyro_vae.distributed.GradientAverager` averages over processes there.
     """
 
     def __init__(
@@ -70,39 +75,34 @@ class FastSVI:
         model: Callable,
         guide: Callable,
         optim: PyroOptim,
-        gradient_hook: Callable[[list[torch.Tensor], int], None] | None = None,
+        gradient_hook: Callable[[list[torch.Tensor], int, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         self.guide = guide
         self.optim = optim
         self.gradient_hook = gradient_hook
-        self._parameters: list[torch.Tensor] = []
-        self._store_size = -1
 
     def loss(self, *args, **kwargs) -> torch.Tensor:
         """-ELBO of one particle, differentiable; equal to ``Trace_ELBO().loss`` on the same draws."""
-        with pyro.validation_enabled(False):
-            guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
-            return guide_trace.log_prob_sum(_not_subsample) - model_trace.log_prob_sum(_not_subsample)
+        guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
+        return guide_trace.log_prob_sum(_not_subsample) - model_trace.log_prob_sum(_not_subsample)
 
     def step(self, *args, **kwargs) -> float:
         """Take one gradient step on the -ELBO; returns its value."""
-        store = pyro.get_param_store()
-        if len(store) != self._store_size:  # the first step, or the store grew: see what is trained
-            with poutine.trace(param_only=True) as capture:
-                loss = self.loss(*args, **kwargs)
-            self._parameters = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-            self._store_size = len(store)
-        else:
-            loss = self.loss(*args, **kwargs)
+        loss = self.loss(*args, **kwargs)
         loss.backward()
-        if self.gradient_hook is not None:
-            self.gradient_hook(self._parameters, len(args[0]))
-        self.optim(self._parameters)
-        for parameter in self._parameters:
+        store = pyro.get_param_store()
+        if self.gradient_hook is None:
+            parameters = [value for _, value in store.named_parameters() if value.grad is not None]
+            reported = loss.detach()
+        else:
+            parameters = [value for _, value in sorted(store.named_parameters(), key=lambda item: item[0])]
+            reported = self.gradient_hook(parameters, len(args[0]), loss.detach())
+        self.optim(parameters)
+        for parameter in parameters:
             parameter.grad = None
-        return loss.item()
+        return reported.item()
 
 
 def _not_subsample(name: str, site: dict) -> bool:

@@ -261,7 +261,12 @@ class NoveltyDetector:
         config = checkpoint.config
         if config.get("kind") != DETECTOR_KIND:
             raise ValueError(f"{path} is not a NoveltyDetector file (it holds a {config.get('kind', 'training run')})")
-        detector = cls(**{**config["parameters"], "device": str(torch_device)})
+        parameters = config["parameters"]
+        if "members" not in parameters:  # written before the ensemble: one VAE, its state unprefixed
+            parameters = parameters | {"members": 1}
+            checkpoint.model_state = {f"0.{name}": value for name, value in checkpoint.model_state.items()}
+            checkpoint.guide_state = {f"0.{name}": value for name, value in checkpoint.guide_state.items()}
+        detector = cls(**{**parameters, "device": str(torch_device)})
         detector.n_features_in_ = config["n_features_in"]
         detector.latent_dim_, detector.hidden_ = config["latent_dim"], tuple(config["hidden"])
         detector.preprocessor_ = TablePreprocessor.from_state_dict(checkpoint.preprocessing)

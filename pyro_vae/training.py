@@ -171,12 +171,18 @@ def _batches(
         yield x[index], None if y is None else y[index]
 
 
-def _start_distributed(data: Data, device: torch.device, loss: str) -> None:
+def _start_distributed(data: Data, device: torch.device, loss: str, batch_size: int, seed: int | None) -> torch.device:
+    """Check what distributed training needs, join the process group and return the device."""
     if isinstance(data, Dataset):
         raise ValueError("distributed training shards tensors; pass the data as a tensor or an (x, y) pair")
     if loss != AUTO:
         raise ValueError(f"distributed training averages FastSVI's gradients; use loss='auto', not {loss!r}")
-    parallel.initialize(device)
+    if seed is None:
+        raise ValueError("distributed training needs a seed: the processes must agree on the minibatch order")
+    device = parallel.initialize(device)
+    if batch_size < parallel.world_size():
+        raise ValueError(f"batch_size {batch_size} is smaller than the {parallel.world_size()} processes sharing it")
+    return device
 
 
 def _check_training_data(data: Data, model: Callable) -> None:
@@ -364,8 +370,9 @@ def fit(
     :param bool distributed: data-parallel training in the processes started by ``torchrun``
         (:mod:`pyro_vae.distributed`): each takes its share of every minibatch, gradients are
         averaged, and the reported ELBOs are means over the processes. Needs tensor data and
-        ``loss="auto"`` with a reparameterizable guide; a last minibatch with fewer rows than
-        processes is skipped.
+        ``loss="auto"`` with a reparameterizable guide, and a ``seed``; a last minibatch with
+        fewer rows than processes is skipped. A resumed distributed run continues with fresh
+        draws per process (an uninterrupted run's equality holds for single-process runs).
     :param max_minutes: a training-time budget: no epoch starts once the epochs so far took this
         long (``History.wall_time``). With ``patience``, the best epoch's parameters are restored.
     """
@@ -380,7 +387,7 @@ def fit(
         pyro.set_rng_seed(seed)
     torch_device = resolve_device(device)
     if distributed:
-        _start_distributed(data, torch_device, loss)
+        torch_device = _start_distributed(data, torch_device, loss, batch_size, seed)
     for part in (model, guide):
         if isinstance(part, nn.Module):
             part.to(torch_device)
@@ -391,7 +398,7 @@ def fit(
     size = _num_data(train_data)
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
     if distributed:  # the same minibatch order in every process, but each its own draws
-        pyro.set_rng_seed((seed or 0) + parallel.rank())
+        pyro.set_rng_seed(seed + parallel.rank())
 
     first_x, first_y = _first_batch(train_data, batch_size, torch_device)
     if transform is not None:
@@ -399,6 +406,8 @@ def fit(
     all_x = None if isinstance(train_data, Dataset) or transform is not None else _unpack(train_data)[0]
     check_observed_support(model, guide, first_x, first_y, all_x)
     _evict_stale_params(model, guide, first_x, first_y, size)
+    if distributed:
+        parallel.broadcast_parameters([value for _, value in sorted(_named_parameters().items())])
     kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
     weighted = beta != 1.0 or warmup_epochs > 0
     # Checks the convention up front (observed "x", sites in the "data" plate) and spares Pyro's
@@ -423,6 +432,8 @@ def fit(
     first_epoch = 1
     if resume is not None:
         first_epoch = _resume(copy.deepcopy(resume), svi, history, best, generator)
+        if distributed:  # the saved random state is rank 0's: give each process its own draws again
+            pyro.set_rng_seed(seed + parallel.rank() + parallel.world_size() * first_epoch)
         if first_epoch > epochs or history.stopped_early:
             return history  # the run was complete: its parameters are the final ones
     bar = progress_bar(range(first_epoch, epochs + 1), desc="training", unit="epoch", show=progress)
@@ -452,7 +463,8 @@ def fit(
             history.stopped_early = True
         if on_epoch_end is not None:
             on_epoch_end(_state(epoch, svi, history, best, generator))
-        if history.stopped_early or (max_minutes is not None and history.wall_time >= 60 * max_minutes):
+        spent = parallel.max_over_processes(history.wall_time) if distributed else history.wall_time
+        if history.stopped_early or (max_minutes is not None and spent >= 60 * max_minutes):
             break
     best.restore()
     return history

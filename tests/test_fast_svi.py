@@ -145,3 +145,37 @@ def test_fit_uses_fast_svi_when_it_can_and_trace_elbo_otherwise(monkeypatch):
     pyro_vae.fit(discrete_model, discrete_guide, torch.randn(64), epochs=1, validation=None, progress=False)
     assert isinstance(made[0], FastSVI)
     assert isinstance(made[1], SVI) and isinstance(made[1].loss_and_grads.__self__, Trace_ELBO)
+
+
+def test_a_parameter_first_used_in_a_later_step_is_trained():
+    """Parameters are those that received a gradient in this step, so one that a model uses only
+    now and then (and that already sits in the store) is still stepped when it is used."""
+    pyro.clear_param_store()
+    pyro.param("sometimes", torch.tensor(0.0))  # already in the store, as after fit's checks
+    calls = []
+
+    def model(x, y=None, size=None):
+        calls.append(1)
+        shift = pyro.param("sometimes", torch.tensor(0.0)) if len(calls) % 2 == 0 else 0.0
+        param_model(x + shift, size=size)
+
+    svi = FastSVI(model, param_guide, pyro.optim.Adam({"lr": 0.1}))
+    x = torch.randn(16, 5)
+    svi.step(x, size=SIZE)
+    assert pyro.param("sometimes").item() == 0.0  # not used in the first step
+    svi.step(x, size=SIZE)
+    assert pyro.param("sometimes").item() != 0.0
+
+
+def test_a_guide_with_a_non_reparameterized_auxiliary_site_is_not_covered():
+    def guide(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            pyro.sample("u", dist.Bernoulli(0.5).expand([x.shape[0]]), infer={"is_auxiliary": True})
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0]]))
+
+    def model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0]]))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    assert "'u'" in unsupported_reason(model, guide, torch.randn(8), size=8)

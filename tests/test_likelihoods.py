@@ -91,23 +91,35 @@ def test_smaller_gaussian_scale_buys_sharper_reconstructions(digits):
     assert errors[0.05] < 0.5 * errors[1.0]
 
 
-def test_bernoulli_logits_matches_torch_bernoulli_in_value_and_gradient():
-    """The cheaper log-density equals torch's (log1p-based) one from logit -100 to 100, including
-    its gradient, and stays finite where sigmoid underflows."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bernoulli_logits_matches_torch_bernoulli_in_value_and_gradient(dtype):
+    """The cheaper log-density equals torch's (log1p-based) one from logit -100 to 100, for 0, 1
+    and grey values (where it is binary cross-entropy, as torch's), with broadcasting, and its
+    gradient too; it stays finite where sigmoid underflows."""
     import pyro.distributions as dist
-    import torch
 
     from pyro_vae.distributions import BernoulliLogits
 
-    logits = torch.linspace(-100, 100, 2001).repeat(2, 1).requires_grad_()
-    value = torch.stack([torch.zeros(2001), torch.ones(2001)])
-    ours = BernoulliLogits(logits).log_prob(value)
-    reference = dist.Bernoulli(logits=logits).log_prob(value)
-    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    logits = torch.linspace(-100, 100, 2001, dtype=dtype).repeat(3, 1).requires_grad_()
+    value = torch.tensor([0.0, 1.0, 0.3], dtype=dtype)[:, None]  # broadcast over the logits
+    ours = BernoulliLogits(logits, validate_args=False).log_prob(value)
+    reference = -torch.nn.functional.binary_cross_entropy_with_logits(logits, value.expand_as(logits), reduction="none")
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(ours, reference, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(ours[:2], dist.Bernoulli(logits=logits[:2]).log_prob(value[:2]))
     (grad,) = torch.autograd.grad(ours.sum(), logits)
     (expected,) = torch.autograd.grad(reference.sum(), logits)
     assert torch.isfinite(grad).all()
-    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
-    assert isinstance(BernoulliLogits(logits).expand((3, 2, 2001)), BernoulliLogits)
+    torch.testing.assert_close(grad, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_bernoulli_logits_checks_support_also_when_expanded():
+    from pyro_vae.distributions import BernoulliLogits
+
+    grey = torch.tensor([0.0, 0.5, 1.0])
     with pytest.raises(ValueError):
-        BernoulliLogits(torch.zeros(3), validate_args=True).log_prob(torch.tensor([0.0, 0.5, 1.0]))
+        BernoulliLogits(torch.zeros(3), validate_args=True).log_prob(grey)
+    expanded = BernoulliLogits(torch.zeros(3), validate_args=True).expand((2, 3))
+    assert isinstance(expanded, BernoulliLogits)
+    with pytest.raises(ValueError):
+        expanded.log_prob(grey)

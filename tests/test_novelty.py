@@ -140,3 +140,19 @@ def test_members_are_seeded_apart_and_their_log_likelihoods_averaged():
     first, second = (single.score_samples(table) for single in singles)
     assert np.abs(first - second).mean() > 0.2  # the members differ, so the mean is not either one
     assert np.abs(pair.score_samples(table) - (first + second) / 2).mean() < 0.05
+
+
+def test_a_detector_saved_before_the_ensemble_still_loads(tmp_path):
+    """Files written by the one-VAE detector (no "members", unprefixed states) load as one member."""
+    from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+
+    table = messy_table(200, seed=12)
+    single = NoveltyDetector(members=1, epochs=3, num_samples=30, random_state=0).fit(table)
+    stored = load_checkpoint(single.save(tmp_path / "new.pt"))
+    config = stored.config | {"parameters": {k: v for k, v in stored.config["parameters"].items() if k != "members"}}
+    old = save_checkpoint(
+        tmp_path / "old.pt", single.models_[0], single.guides_[0], config, stored.preprocessing, stored.arrays
+    )
+    loaded = NoveltyDetector.load(old)
+    assert loaded.members == 1
+    assert np.array_equal(loaded.score_samples(table), single.score_samples(table))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -156,9 +157,12 @@ def run(args: argparse.Namespace) -> int:
         _check_out_dir(out, args.overwrite)
     device = resolve_device(args.device)
     if args.distributed:
-        parallel.initialize(device)
+        device = parallel.initialize(device)
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("started by torchrun with several processes but without --distributed; add --distributed")
     writer = parallel.is_writer()
-    data = load_dataset(args.dataset, args.data_dir, args.download)
+    with parallel.rank_zero_first():  # a download happens once
+        data = load_dataset(args.dataset, args.data_dir, args.download)
     check_data(data.train_x, f"{args.dataset} training data")
     check_data(data.test_x, f"{args.dataset} test data")
     likelihood = choose_likelihood(args.likelihood, data)
