@@ -12,8 +12,11 @@ with ``s`` each site's plate and ``poutine.scale`` factor, and its gradient is t
 replayed trace of the model, and steps a :class:`pyro.optim.PyroOptim`. It leaves out what
 :class:`pyro.infer.SVI` with :class:`pyro.infer.Trace_ELBO` does on every step and this case does
 not need: a third trace on every step to collect the parameters (here: the tensors of Pyro's
-parameter store that received a gradient), score-function terms, and enumeration and shape
-checks. Pyro's argument and support validation stays as the user set it.
+parameter store that received a gradient), score-function terms, enumeration and shape checks,
+and Pyro's argument and support validation of every distribution on every step (8 % of a step of
+a 784-400-50 MLP VAE at batch 128). Check the data before: :func:`pyro_vae.fit` checks that the
+observed data lie in the likelihood's support, all of it up front, or every minibatch of a
+``Dataset`` or a ``transform``; a non-finite loss still stops it.
 
 :func:`unsupported_reason` says why a model/guide pair needs the full ``Trace_ELBO`` instead (a
 latent or auxiliary site without ``rsample``, enumeration, a model latent site the guide does not
@@ -84,9 +87,10 @@ class FastSVI:
 
     def loss(self, *args, **kwargs) -> torch.Tensor:
         """-ELBO of one particle, differentiable; equal to ``Trace_ELBO().loss`` on the same draws."""
-        guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
-        return guide_trace.log_prob_sum(_not_subsample) - model_trace.log_prob_sum(_not_subsample)
+        with pyro.validation_enabled(False):
+            guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(*args, **kwargs)
+            return guide_trace.log_prob_sum(_not_subsample) - model_trace.log_prob_sum(_not_subsample)
 
     def step(self, *args, **kwargs) -> float:
         """Take one gradient step on the -ELBO; returns its value."""

@@ -114,11 +114,12 @@ def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, y: torc
 
 def check_observed_support(
     model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None, data: torch.Tensor | None = None
-) -> None:
+) -> constraints.Constraint | None:
     """Raise a clear error when data lie outside the support of the model's likelihood (e.g. grey
     pixels under a Bernoulli), instead of Pyro's dump of the offending tensor. The likelihood is
     found by tracing the model on ``x``; ``data`` (default ``x``), all of it, is then checked
-    when the support does not depend on the parameters."""
+    when the support does not depend on the parameters. Returns that support, to check more data
+    with :func:`check_support` (``None`` when it depends on the parameters)."""
     with torch.no_grad(), poutine.block(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pyro.validation_enabled(False):
@@ -127,18 +128,23 @@ def check_observed_support(
     fn = site["fn"]
     while isinstance(fn, dist.Independent):
         fn = fn.base_dist
-    support = fn.support
-    if constraints.is_dependent(support):
-        data, support = site["value"], site["fn"].support
-    elif data is None:
-        data = site["value"]
+    if constraints.is_dependent(fn.support):
+        check_support(site["fn"].support, site["value"], type(fn).__name__)
+        return None
+    check_support(fn.support, site["value"] if data is None else data, type(fn).__name__)
+    return fn.support
+
+
+def check_support(support: constraints.Constraint, data: torch.Tensor, family: str = "") -> None:
+    """Raise a clear :class:`ValueError` if any of ``data`` lies outside ``support``."""
     inside = support.check(data)
     if inside.all():
         return
     outside = data[~inside] if inside.shape == data.shape else data.reshape(-1)[:0]
     examples = f", e.g. the values {sorted(set(outside[:1000].tolist()))[:5]}" if outside.numel() else ""
     raise ValueError(
-        f"the data lie outside the support of the model's likelihood {type(fn).__name__} ({support}){examples}; "
+        f"the data lie outside the support of the model's likelihood{' ' + family if family else ''} "
+        f"({support}){examples}; "
         "binarize them (e.g. x > 0.5) or choose a likelihood for these values (continuous-bernoulli for [0, 1], "
         "gaussian for any real)"
     )

@@ -32,7 +32,7 @@ from pyro_vae.fast_svi import FastSVI, unsupported_reason
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
-from pyro_vae.scoring import check_observed_support, elbo, max_plate_nesting
+from pyro_vae.scoring import check_observed_support, check_support, elbo, max_plate_nesting
 from pyro_vae.validation import check_data
 
 AUTO = "auto"
@@ -183,6 +183,13 @@ def _start_distributed(data: Data, device: torch.device, loss: str, batch_size: 
     if batch_size < parallel.world_size():
         raise ValueError(f"batch_size {batch_size} is smaller than the {parallel.world_size()} processes sharing it")
     return device
+
+
+def _supported(batches: Iterator, support) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The batches, each checked to lie in the likelihood's support (FastSVI does not validate)."""
+    for x, y in batches:
+        check_support(support, x)
+        yield x, y
 
 
 def _check_training_data(data: Data, model: Callable) -> None:
@@ -404,7 +411,8 @@ def fit(
     if transform is not None:
         first_x = transform(first_x)
     all_x = None if isinstance(train_data, Dataset) or transform is not None else _unpack(train_data)[0]
-    check_observed_support(model, guide, first_x, first_y, all_x)
+    support = check_observed_support(model, guide, first_x, first_y, all_x)
+    check_each_batch = support if all_x is None else None  # a Dataset or transformed batches
     _evict_stale_params(model, guide, first_x, first_y, size)
     if distributed:
         parallel.broadcast_parameters([value for _, value in sorted(_named_parameters().items())])
@@ -443,6 +451,8 @@ def fit(
         schedule = _KLSchedule(kl_handler, beta, warmup_epochs, epoch, math.ceil(size / batch_size))
         while True:
             batches = _batches(train_data, batch_size, generator, torch_device, transform, distributed)
+            if check_each_batch is not None:
+                batches = _supported(batches, check_each_batch)
             try:
                 train_elbo = _train_epoch(svi, batches, size, schedule)
                 break

@@ -425,3 +425,13 @@ def test_resuming_a_finished_run_changes_nothing(digits):
         assert torch.equal(value, before[name]), name
     # fit does not consume the state it resumes from
     assert states[-1].history["epoch"] == [1, 2]
+
+
+def test_grey_data_after_the_first_batch_of_a_dataset_are_refused():
+    """Only the first batch of a Dataset is checked up front; FastSVI does not validate, so fit
+    checks every minibatch against the likelihood's support."""
+    model, guide = stock_pair(likelihood="bernoulli")
+    x = torch.rand(256, 1, 8, 8)
+    x[:128] = (x[:128] > 0.5).float()
+    with pytest.raises(ValueError, match="support"):
+        pyro_vae.fit(model, guide, TensorDataset(x), epochs=1, batch_size=128, validation=None, progress=False)
