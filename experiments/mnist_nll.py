@@ -22,6 +22,7 @@ import pyro
 import torch
 
 import pyro_vae
+from pyro_vae.checkpoint import save_checkpoint
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.models import VAE
 
@@ -83,6 +84,7 @@ def main() -> None:
     )
     train_minutes, cpu_minutes = history.wall_time / 60, (time.process_time() - cpu_start) / 60
     history.to_csv(out / "history.csv")
+    save_checkpoint(out / "checkpoint.pt", model, guide, {"script": "mnist_nll", "arguments": vars(args)})
     print(
         f"trained {len(history.epoch)} epochs in {train_minutes:.1f} min ({cpu_minutes:.1f} CPU-min); best epoch "
         f"{history.best_epoch}, validation ELBO {max(history.val_elbo):.2f}"
