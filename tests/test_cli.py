@@ -333,7 +333,15 @@ def test_resume_needs_a_resumable_run(tmp_path):
 def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_continue(tmp_path):
     run = tmp_path / "interrupted"
     command = [sys.executable, "-m", "pyro_vae", "train", "--epochs", "5000", "--batch-size", "16", "--quiet"]
-    process = subprocess.Popen([*command, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell started in the background (nohup make test &) passes SIGINT on as ignored, and Python
+    # then keeps ignoring it: give the child the default disposition, as a terminal would.
+    process = subprocess.Popen(
+        [*command, "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     while _epoch_saved(run) < 1 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
