@@ -19,8 +19,6 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-_DEVICE = [torch.device("cpu")]  # where reductions of plain numbers happen (NCCL needs CUDA tensors)
-
 
 def launched_by_torchrun() -> bool:
     """Whether the environment of ``torchrun`` (``RANK``, ``WORLD_SIZE``, ...) is set."""
@@ -33,7 +31,6 @@ def initialize(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    _DEVICE[0] = device
     if dist.is_initialized():
         return device
     if not launched_by_torchrun():
@@ -68,8 +65,8 @@ def shard(index: torch.Tensor) -> torch.Tensor:
 
 class GradientAverager:
     """Called after every backward pass with the parameters (the same list in every process), the
-    number of rows this process used and its loss: broadcasts rank 0's values of parameters it has
-    not seen before, then replaces each gradient by the row-weighted mean over the processes,
+    number of rows this process used and its loss: synchronizes parameters it has not seen before
+    (:meth:`synchronize`), then replaces each gradient by the row-weighted mean over the processes,
     ``sum_r rows_r grad_r / sum_r rows_r``, with one all-reduce of a flat buffer that also carries
     the losses. With each process's loss scaled by ``size / rows_r``, that is the gradient (and
     the loss) of the whole minibatch, even when the shares differ in size; a non-finite loss in
@@ -79,9 +76,7 @@ class GradientAverager:
         self._synchronized: set[int] = set()
 
     def __call__(self, parameters: list[torch.Tensor], rows: int, loss: torch.Tensor) -> torch.Tensor:
-        new = [parameter for parameter in parameters if id(parameter) not in self._synchronized]
-        broadcast_parameters(new)
-        self._synchronized.update(id(parameter) for parameter in new)
+        self.synchronize(parameters)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         weight = loss.new_tensor([rows])
         flat = torch.cat([rows * grad.reshape(-1) for grad in grads] + [weight * loss.reshape(1), weight])
@@ -93,14 +88,14 @@ class GradientAverager:
             offset += grad.numel()
         return flat[-2]
 
-
-def broadcast_parameters(parameters: list[torch.Tensor]) -> None:
-    """Give every process rank 0's values of ``parameters`` (in place)."""
-    if not dist.is_initialized():
-        return
-    with torch.no_grad():
-        for parameter in parameters:
-            dist.broadcast(parameter, src=0)
+    def synchronize(self, parameters: list[torch.Tensor]) -> None:
+        """Give every process rank 0's values of those ``parameters`` not synchronized yet (in
+        place; the same list in every process)."""
+        new = [parameter for parameter in parameters if id(parameter) not in self._synchronized]
+        with torch.no_grad():
+            for parameter in new:
+                dist.broadcast(parameter, src=0)
+        self._synchronized.update(id(parameter) for parameter in new)
 
 
 @contextmanager
@@ -126,6 +121,8 @@ def max_over_processes(value: float) -> float:
 def _reduce(value: float, op) -> float:
     if not dist.is_initialized():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_DEVICE[0])
+    # NCCL reduces CUDA tensors only; this process's GPU is the current device (initialize).
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=op)
     return tensor.item()

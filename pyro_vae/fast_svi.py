@@ -34,18 +34,16 @@ from pyro import poutine
 from pyro.optim import PyroOptim
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.scoring import latent_sites
+from pyro_vae.scoring import latent_sites, traces
 
 
-def unsupported_reason(model: Callable, guide: Callable, *args, **kwargs) -> str | None:
-    """``None`` if :class:`FastSVI` computes ``Trace_ELBO`` for this pair, else why not."""
+def unsupported_reason(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> str | None:
+    """``None`` if :class:`FastSVI` computes ``Trace_ELBO`` for this pair, else why not (found by
+    tracing both on the data ``x``, ``y``)."""
     with torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        model_trace, guide_trace = traces(model, guide, x, y)
     sampled = {
-        name: site
-        for name, site in guide_trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        name: site for name, site in guide_trace.nodes.items() if site["type"] == "sample" and not site["is_observed"]
     }
     for name, site in sampled.items():
         if site["infer"].get("enumerate"):
@@ -53,7 +51,6 @@ def unsupported_reason(model: Callable, guide: Callable, *args, **kwargs) -> str
         if not getattr(site["fn"], "has_rsample", False):
             return f"guide site {name!r} ({type(site['fn']).__name__}) has no reparameterized sampler"
     missing = set(latent_sites(model_trace)) - set(latent_sites(guide_trace))
-    missing = {name for name in missing if not site_is_subsample(model_trace.nodes[name])}
     if missing:
         return f"model latent sites {sorted(missing)} are not sampled by the guide"
     return None

@@ -67,7 +67,9 @@ def _score_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.get_default_dtype()
 
 
-def _traces(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None):
+def traces(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None):
+    """The model's and the guide's trace on ``x`` (the model replaying the guide's draws, with
+    ``size=len(x)``), without the plates' subsample sites."""
     size = x.shape[0]
     guide_trace = poutine.trace(guide).get_trace(x, y=y, size=size)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y=y, size=size)
@@ -99,11 +101,11 @@ def _check_structure(model_trace, guide_trace) -> None:
 def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> int:
     """The number of plate dimensions the model and guide use (at least 1), found by one trace."""
     with torch.no_grad(), poutine.block():
-        traces = _traces(model, guide, x[:2], None if y is None else y[:2])
-    _check_structure(*traces)
+        pair = traces(model, guide, x[:2], None if y is None else y[:2])
+    _check_structure(*pair)
     dims = [
         -frame.dim
-        for trace in traces
+        for trace in pair
         for site in trace.nodes.values()
         if site["type"] == "sample"
         for frame in site["cond_indep_stack"]
@@ -123,7 +125,7 @@ def check_observed_support(
     with torch.no_grad(), poutine.block(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pyro.validation_enabled(False):
-            model_trace, _ = _traces(model, guide, x, y)
+            model_trace, _ = traces(model, guide, x, y)
     site = model_trace.nodes[OBSERVED_SITE]
     fn = site["fn"]
     while isinstance(fn, dist.Independent):
@@ -154,7 +156,7 @@ def _log_weights_chunk(
     model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None, num_particles: int, particle_dim: int
 ) -> torch.Tensor:
     with pyro.plate("_num_particles_vectorized", num_particles, dim=particle_dim):
-        model_trace, guide_trace = _traces(model, guide, x, y)
+        model_trace, guide_trace = traces(model, guide, x, y)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     shape = (num_particles, x.shape[0])

@@ -232,15 +232,14 @@ def _make_svi(
     num_particles: int,
     vectorize_particles: bool,
     plate_nesting: int,
-    first_batch: tuple[torch.Tensor, torch.Tensor | None, int],
-    gradient_hook: Callable[[list[torch.Tensor], int], None] | None = None,
+    first_batch: tuple[torch.Tensor, torch.Tensor | None],
+    gradient_hook: Callable[[list[torch.Tensor], int, torch.Tensor], torch.Tensor] | None = None,
 ) -> Stepper:
     """:class:`FastSVI` for ``loss="auto"`` when it computes the same estimator, else Pyro's SVI."""
     if loss != AUTO and loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {[AUTO, *sorted(LOSSES)]}")
     if loss == AUTO:
-        x, y, size = first_batch
-        reason = "more than one particle" if num_particles > 1 else unsupported_reason(model, guide, x, y=y, size=size)
+        reason = "more than one particle" if num_particles > 1 else unsupported_reason(model, guide, *first_batch)
         if reason is None:
             return FastSVI(model, guide, optim, gradient_hook)
         if gradient_hook is not None:
@@ -414,8 +413,9 @@ def fit(
     support = check_observed_support(model, guide, first_x, first_y, all_x)
     check_each_batch = support if all_x is None else None  # a Dataset or transformed batches
     _evict_stale_params(model, guide, first_x, first_y, size)
-    if distributed:
-        parallel.broadcast_parameters([value for _, value in sorted(_named_parameters().items())])
+    averager = parallel.GradientAverager() if distributed else None
+    if averager is not None:  # every process starts from rank 0's parameters
+        averager.synchronize([value for _, value in sorted(_named_parameters().items())])
     kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
     weighted = beta != 1.0 or warmup_epochs > 0
     # Checks the convention up front (observed "x", sites in the "data" plate) and spares Pyro's
@@ -429,8 +429,8 @@ def fit(
         num_particles,
         vectorize_particles,
         plate_nesting,
-        (first_x, first_y, size),
-        parallel.GradientAverager() if distributed else None,
+        (first_x, first_y),
+        averager,
     )
     x_val, y_val = _to_device(_as_tensors(val_data), torch_device) if val_data is not None else (None, None)
     if transform is not None and x_val is not None:

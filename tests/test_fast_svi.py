@@ -123,13 +123,13 @@ def empty_guide(x, y=None, size=None):
     [(discrete_guide, "no reparameterized sampler"), (enumerated_guide, "enumerated"), (empty_guide, "not sampled")],
 )
 def test_pairs_it_does_not_cover_are_named(guide, reason):
-    assert reason in unsupported_reason(discrete_model, guide, torch.randn(8), size=8)
+    assert reason in unsupported_reason(discrete_model, guide, torch.randn(8))
 
 
 def test_supported_pairs_have_no_reason():
     model, guide = stock_pair()
-    assert unsupported_reason(model, guide, binary_batch(), size=SIZE) is None
-    assert unsupported_reason(param_model, param_guide, torch.randn(8, 5), size=SIZE) is None
+    assert unsupported_reason(model, guide, binary_batch()) is None
+    assert unsupported_reason(param_model, param_guide, torch.randn(8, 5)) is None
 
 
 def test_fit_uses_fast_svi_when_it_can_and_trace_elbo_otherwise(monkeypatch):
@@ -178,4 +178,4 @@ def test_a_guide_with_a_non_reparameterized_auxiliary_site_is_not_covered():
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0]]))
             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
-    assert "'u'" in unsupported_reason(model, guide, torch.randn(8), size=8)
+    assert "'u'" in unsupported_reason(model, guide, torch.randn(8))
