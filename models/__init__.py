@@ -2,5 +2,6 @@
 
 from pyro_vae.models.cvae import ConditionalVAE
 from pyro_vae.models.vae import VAE
+from pyro_vae.models.vampprior import VampPriorVAE
 
-__all__ = ["VAE", "ConditionalVAE"]
+__all__ = ["VAE", "ConditionalVAE", "VampPriorVAE"]

@@ -1,7 +1,8 @@
-"""Distributions the stock likelihoods need beyond Pyro's own."""
+"""Distributions the stock likelihoods and priors need beyond Pyro's own."""
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import pyro.distributions as dist
@@ -93,3 +94,63 @@ class MixedColumns(dist.TorchDistribution):
     @property
     def mean(self) -> torch.Tensor:
         return torch.where(self.binary, torch.sigmoid(self.loc), self.loc)
+
+
+class DiagonalNormalMixture(dist.TorchDistribution):
+    """An equally weighted mixture of ``K`` diagonal Normals on ``R^L``, event shape ``[L]``.
+
+    The log-density of all components at once is a quadratic form in ``z``,
+
+    .. math::
+
+        \\log \\mathcal N(z; m_k, s_k^2) = -\\tfrac12 \\big(z^2 \\cdot s_k^{-2} - 2 z \\cdot m_k s_k^{-2}
+        + m_k^2 \\cdot s_k^{-2}\\big) - \\textstyle\\sum_l \\log s_{kl} - \\tfrac L2 \\log 2\\pi,
+
+    computed by two matrix products, so the memory is ``[..., K]`` instead of the ``[..., K, L]``
+    of :class:`torch.distributions.MixtureSameFamily` (which the importance-sampled scores of many
+    particles could not afford). The expansion loses about ``L · max(s⁻²) · eps`` of precision,
+    e.g. 1e-3 nats for 40 dimensions, scales down to 0.05, float32; the quadratic form is clamped
+    at zero, where rounding could make it negative.
+
+    :param ~torch.Tensor loc: component means ``[K, L]``.
+    :param ~torch.Tensor scale: component standard deviations ``[K, L]``.
+    """
+
+    arg_constraints: ClassVar[dict] = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        batch_shape: tuple[int, ...] = (),
+        validate_args: bool | None = None,
+    ) -> None:
+        if loc.dim() != 2 or loc.shape != scale.shape:
+            raise ValueError(f"loc and scale must both be [components, dim], got {loc.shape} and {scale.shape}")
+        self.loc, self.scale = loc, scale
+        super().__init__(torch.Size(batch_shape), loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> DiagonalNormalMixture:
+        return DiagonalNormalMixture(self.loc, self.scale, torch.Size(batch_shape), self._validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        precision = self.scale.to(value.dtype).pow(-2)
+        loc = self.loc.to(value.dtype)
+        quadratic = value.pow(2) @ precision.T - 2 * value @ (loc * precision).T + (loc.pow(2) * precision).sum(-1)
+        normalizer = self.scale.to(value.dtype).log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+        log_components = -0.5 * quadratic.clamp(min=0) - normalizer
+        return log_components.logsumexp(-1) - math.log(loc.shape[0])
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        with torch.no_grad():
+            component = torch.randint(self.loc.shape[0], shape, device=self.loc.device)
+            return torch.normal(self.loc[component], self.scale[component])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc.mean(0).expand(self.batch_shape + self.event_shape)

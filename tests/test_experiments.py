@@ -26,3 +26,25 @@ def test_linear_vae_finds_pca_on_the_toy_points(tmp_path):
     assert float(values["linear_vae_angle_deg"]) < 2.0
     assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"
     assert "| A | (-0.50, -0.40) | -0.63 |" in (tmp_path / "results.md").read_text()
+
+
+def test_mnist_nll_runs_with_the_vampprior_on_a_small_stand_in(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    patterns = rng.random((2, 28, 28)) > 0.5
+    splits = {}
+    for split, rows in (("train", 200), ("valid", 50), ("test", 40)):
+        images = patterns[np.arange(rows) % 2] ^ (rng.random((rows, 28, 28)) < 0.05)
+        splits[split] = images.astype(np.uint8)
+    np.savez(tmp_path / "binarized_mnist.npz", **splits)
+    values = summary(
+        "mnist_nll.py",
+        *("--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--prior", "vampprior"),
+        *("--pseudo-inputs", "10", "--epochs", "3", "--num-samples", "20", "--hidden", "32", "--latent-dim", "4"),
+    )
+    # 784 pixels, 5 % flipped around one of two patterns: at most 784 log 2 = 543 nats and at least
+    # the flips' entropy, 784 H(0.05) = 156 nats
+    assert 156 < float(values["test_nll"]) < 543
+    assert values["epochs"] == "3"
+    assert (tmp_path / "run" / "checkpoint.pt").exists()

@@ -1,0 +1,91 @@
+"""A VAE whose prior is the VampPrior (Tomczak & Welling 2018).
+
+.. math::
+
+    p_\\lambda(z) = \\frac1K \\sum_{k=1}^K q_\\phi(z \\mid u_k),
+
+the guide's own posterior averaged over ``K`` learned pseudo-inputs ``u_k``. The prior
+approximates the aggregate posterior, the prior that maximizes the ELBO for the given guide, so the
+KL term no longer pulls every code towards N(0, I). On statically binarized MNIST it gains about
+three nats over the standard prior (88.56 → 85.57 in Tomczak & Welling's Table 2;
+``experiments/mnist_nll.py --prior vampprior`` measures it here).
+
+The encoder belongs to the guide; the model holds the guide's ``posterior`` method, not the
+network, so each encoder parameter has one entry in Pyro's parameter store and one optimizer
+state, and gets its gradient from both the guide and the prior.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_vae.distributions import DiagonalNormalMixture
+from pyro_vae.likelihoods import Likelihood, get_likelihood
+from pyro_vae.models.vae import VAE
+from pyro_vae.nets import build_decoder
+
+
+class VampPriorVAE(VAE):
+    """:class:`~pyro_vae.models.VAE` with p(z) = (1/K) Σ_k q(z | u_k).
+
+    :param decoder: as for :class:`~pyro_vae.models.VAE`.
+    :param likelihood: as for :class:`~pyro_vae.models.VAE`.
+    :param int latent_dim: dimension of z.
+    :param posterior: the guide's q(z | x) as a function of a batch of inputs, returning a diagonal
+        Normal with event shape ``[latent_dim]`` (e.g. ``AmortizedNormal.posterior``).
+    :param ~torch.Tensor pseudo_inputs: initial pseudo-inputs ``[K, *x_shape]``, e.g. K training
+        data moved inside ``bounds``; they are learned.
+    :param bounds: the range the pseudo-inputs are clipped to before encoding (Tomczak & Welling
+        clip images to [0, 1]); ``None`` for none. Initial values must lie strictly inside: on a
+        bound the clip passes no gradient, and the pseudo-input would never move.
+    """
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        latent_dim: int,
+        posterior: Callable[[torch.Tensor], dist.TorchDistribution],
+        pseudo_inputs: torch.Tensor,
+        bounds: tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__(decoder, likelihood, latent_dim)
+        if bounds is not None and not ((pseudo_inputs > bounds[0]) & (pseudo_inputs < bounds[1])).all():
+            raise ValueError(
+                f"pseudo_inputs must lie strictly inside bounds {bounds}: on or outside a bound the clip passes no "
+                "gradient; shrink them first, e.g. 0.05 + 0.9 * x for data in [0, 1]"
+            )
+        self.pseudo_inputs = nn.Parameter(pseudo_inputs.detach().clone().float())
+        self.posterior = posterior
+        self.bounds = bounds
+
+    @classmethod
+    def build_for(
+        cls,
+        guide: Callable,
+        pseudo_inputs: torch.Tensor,
+        latent_dim: int = 10,
+        hidden: Sequence[int] = (400,),
+        arch: str = "mlp",
+        likelihood: str = "bernoulli",
+        bounds: tuple[float, float] | None = None,
+        **likelihood_options: float,
+    ) -> VampPriorVAE:
+        """A VampPrior VAE with a stock decoder, sharing the encoder of ``guide`` (an
+        :class:`~pyro_vae.guides.AmortizedNormal`); arguments as for :meth:`VAE.build`."""
+        x_shape = tuple(pseudo_inputs.shape[1:])
+        family = get_likelihood(likelihood, len(x_shape), **likelihood_options)
+        decoder = build_decoder(arch, latent_dim, hidden, x_shape, family.params_per_value)
+        return cls(decoder, family, latent_dim, guide.posterior, pseudo_inputs, bounds)
+
+    def prior(self) -> DiagonalNormalMixture:
+        inputs = self.pseudo_inputs
+        if self.bounds is not None:
+            inputs = inputs.clamp(*self.bounds)
+        components = self.posterior(inputs)
+        normal = components.base_dist if isinstance(components, dist.Independent) else components
+        return DiagonalNormalMixture(normal.loc, normal.scale)

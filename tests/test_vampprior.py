@@ -1,0 +1,123 @@
+"""The VampPrior VAE and the mixture density behind it."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_vae
+from pyro_vae.distributions import DiagonalNormalMixture
+from pyro_vae.fast_svi import FastSVI
+from pyro_vae.guides import AmortizedNormal
+from pyro_vae.models import VampPriorVAE
+
+SHAPE = (1, 6, 6)
+
+
+def _reference_log_prob(loc: torch.Tensor, scale: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    components = dist.Normal(loc, scale).to_event(1)
+    mixture = dist.MixtureSameFamily(dist.Categorical(logits=torch.zeros(loc.shape[0], dtype=loc.dtype)), components)
+    return mixture.log_prob(value)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-9), (torch.float32, 2e-3)])
+def test_mixture_log_prob_matches_mixture_same_family(dtype, tolerance):
+    generator = torch.Generator().manual_seed(0)
+    loc = torch.randn(7, 5, generator=generator, dtype=dtype)
+    scale = 0.05 + torch.rand(7, 5, generator=generator, dtype=dtype)
+    value = torch.cat([loc[:3] + 0.01, torch.randn(4, 2, 5, generator=generator, dtype=dtype).reshape(8, 5)])
+    ours = DiagonalNormalMixture(loc, scale).expand([11]).log_prob(value)
+    assert ours.shape == (11,)
+    assert torch.allclose(ours, _reference_log_prob(loc, scale, value), atol=tolerance, rtol=0)
+
+
+def test_mixture_samples_have_the_mixture_moments():
+    loc = torch.tensor([[-2.0, 0.0], [2.0, 1.0]])
+    scale = torch.tensor([[0.5, 0.1], [0.5, 0.1]])
+    pyro.set_rng_seed(0)
+    draws = DiagonalNormalMixture(loc, scale).expand([3]).sample((20_000,))
+    assert draws.shape == (20_000, 3, 2)
+    assert torch.allclose(draws.mean((0, 1)), torch.tensor([0.0, 0.5]), atol=0.05)
+    assert torch.allclose(draws[..., 0].std(), torch.tensor(math.sqrt(4 + 0.25)), atol=0.05)
+
+
+def test_mixture_rejects_mismatched_parameters():
+    with pytest.raises(ValueError, match="components, dim"):
+        DiagonalNormalMixture(torch.zeros(3, 2), torch.ones(3, 4))
+
+
+def _pair(data: torch.Tensor, pseudo: int = 8) -> tuple[VampPriorVAE, AmortizedNormal]:
+    pyro.set_rng_seed(0)
+    guide = AmortizedNormal.build(SHAPE, 3, (16,), "mlp")
+    model = VampPriorVAE.build_for(guide, 0.05 + 0.9 * data[:pseudo], 3, (16,), bounds=(0.0, 1.0))
+    return model, guide
+
+
+@pytest.fixture
+def binary_images() -> torch.Tensor:
+    """Two binary patterns with 5 % of the pixels flipped: structure a VAE can learn."""
+    generator = torch.Generator().manual_seed(1)
+    patterns = (torch.rand(2, *SHAPE, generator=generator) > 0.5).float()
+    images = patterns[torch.arange(64) % 2]
+    flips = torch.rand(images.shape, generator=generator) < 0.05
+    return torch.where(flips, 1 - images, images)
+
+
+def test_pseudo_inputs_on_a_bound_are_refused(binary_images):
+    guide = AmortizedNormal.build(SHAPE, 3, (16,), "mlp")
+    with pytest.raises(ValueError, match="strictly inside bounds"):
+        VampPriorVAE.build_for(guide, binary_images[:4], 3, (16,), bounds=(0.0, 1.0))
+
+
+def test_prior_is_the_guide_posterior_averaged_over_pseudo_inputs(binary_images):
+    model, guide = _pair(binary_images)
+    z = torch.randn(5, 3)
+    posterior = guide.posterior(model.pseudo_inputs)
+    expected = posterior.log_prob(z[:, None]).logsumexp(-1) - math.log(8)
+    assert torch.allclose(model.prior().log_prob(z), expected, atol=1e-5)
+
+
+def test_encoder_is_shared_and_learns_from_the_prior(binary_images):
+    model, guide = _pair(binary_images)
+    pyro.clear_param_store()
+    loss = FastSVI(model, guide, pyro.optim.Adam({"lr": 1e-3})).loss(binary_images)
+    loss.backward()
+    store = pyro.get_param_store()
+    encoder_names = [name for name in store.keys() if name.startswith("encoder")]
+    assert "pseudo_inputs" in store.keys() and store["pseudo_inputs"].grad.abs().sum() > 0
+    # one entry per encoder tensor: the model reaches the encoder through the guide, not a copy
+    assert len(encoder_names) == len(list(guide.encoder.parameters()))
+    # the prior's pseudo-inputs reach the encoder: with the data term alone its gradient differs
+    prior_only = model.prior().log_prob(torch.zeros(3)).sum()
+    first_weight = guide.encoder.mlp[0].weight
+    (gradient,) = torch.autograd.grad(prior_only, first_weight)
+    assert gradient.abs().sum() > 0
+
+
+def test_fast_path_equals_trace_elbo_and_training_improves(binary_images):
+    model, guide = _pair(binary_images)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    fast = FastSVI(model, guide, pyro.optim.Adam({"lr": 1e-3})).loss(binary_images)
+    pyro.set_rng_seed(3)
+    reference = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, binary_images)
+    assert torch.allclose(fast, reference, rtol=1e-5)
+
+    before = pyro_vae.elbo(model, guide, binary_images, num_samples=20).mean()
+    pyro_vae.fit(model, guide, binary_images, epochs=30, batch_size=16, lr=1e-2, validation=None, progress=False)
+    after = pyro_vae.elbo(model, guide, binary_images, num_samples=20).mean()
+    assert after > before + 1.0
+
+
+def test_importance_sampled_score_and_generation(binary_images):
+    model, guide = _pair(binary_images)
+    pyro.set_rng_seed(0)
+    log_px = pyro_vae.log_likelihood(model, guide, binary_images[:6], num_samples=200)
+    bound = pyro_vae.elbo(model, guide, binary_images[:6], num_samples=200)
+    assert log_px.shape == (6,) and torch.isfinite(log_px).all()
+    assert (log_px >= bound - 1e-4).all()
+    assert model(None, size=4).shape == (4, *SHAPE)
