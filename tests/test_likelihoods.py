@@ -123,3 +123,58 @@ def test_bernoulli_logits_checks_support_also_when_expanded():
     assert isinstance(expanded, BernoulliLogits)
     with pytest.raises(ValueError):
         expanded.log_prob(grey)
+
+
+@pytest.fixture
+def compiled_for_small_inputs(monkeypatch):
+    """The compiled summed density, used from 4096 values on, with its own compile state."""
+    from pyro_vae import distributions
+
+    compiled = distributions._CompiledOnce(distributions._summed_log_density, 4096)
+    monkeypatch.setattr(distributions, "_compiled_summed_density", compiled)
+    return compiled
+
+
+def test_compiled_summed_bernoulli_density_equals_the_eager_one(compiled_for_small_inputs):
+    """Without gradients and for large inputs, the summed density of ``to_event`` runs compiled;
+    it equals the eager sum for binary and grey values, broadcast over particles."""
+    from pyro_vae.distributions import BernoulliLogits, IndependentBernoulliLogits
+
+    generator = torch.Generator().manual_seed(0)
+    logits = 8 * torch.randn(7, 5, 1, 28, 28, generator=generator)  # [particles, data, *pixels]
+    binary = (torch.rand(5, 1, 28, 28, generator=generator) > 0.5).float()
+    grey = torch.rand(5, 1, 28, 28, generator=generator)
+    distribution = BernoulliLogits(logits).to_event(3)
+    assert isinstance(distribution, IndependentBernoulliLogits)
+    for value in (binary, grey):
+        eager = BernoulliLogits(logits, validate_args=False).log_prob(value).sum((-3, -2, -1))
+        with torch.no_grad():
+            fused = distribution.log_prob(value)
+        assert compiled_for_small_inputs.compiled is not None and not compiled_for_small_inputs.failed
+        assert fused.shape == (7, 5)
+        torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-3)
+    # with gradients, the eager path: differentiable, same value
+    logits.requires_grad_()
+    summed = BernoulliLogits(logits).to_event(3).log_prob(binary)
+    (gradient,) = torch.autograd.grad(summed.sum(), logits)
+    torch.testing.assert_close(gradient, binary - torch.sigmoid(logits))
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_density(compiled_for_small_inputs):
+    from pyro_vae.distributions import BernoulliLogits
+
+    def broken_compiler(*args):
+        raise RuntimeError("no C++ compiler")
+
+    compiled_for_small_inputs.compiled = broken_compiler
+    logits, value = torch.randn(4, 32, 32), (torch.rand(4, 32, 32) > 0.5).float()
+    expected = BernoulliLogits(logits).log_prob(value).sum((-2, -1))
+    with torch.no_grad(), pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        result = BernoulliLogits(logits).to_event(2).log_prob(value)
+    torch.testing.assert_close(result, expected)
+    assert compiled_for_small_inputs.failed
+    # a genuine error in the arguments is still raised, not hidden by the fallback
+    fresh = type(compiled_for_small_inputs)(compiled_for_small_inputs.function, 1)
+    fresh.compiled = broken_compiler
+    with torch.no_grad(), pytest.raises(RuntimeError, match="size"):
+        fresh(logits, value[:, :3], (-2, -1))
