@@ -406,8 +406,6 @@ def fit(
     train_data = _to_device(train_data, torch_device)
     size = _num_data(train_data)
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-    if distributed:  # the same minibatch order in every process, but each its own draws
-        pyro.set_rng_seed(seed + parallel.rank())
 
     first_x, first_y = _first_batch(train_data, batch_size, torch_device)
     if transform is not None:
@@ -435,6 +433,11 @@ def fit(
         (first_x, first_y),
         averager,
     )
+    if seed is not None:
+        # The set-up traces above draw from the random state, more of them when stale parameters
+        # are evicted; training starts from the seed, so a seed gives one run whatever ran before.
+        # In distributed training: the same minibatch order in every process, each its own draws.
+        pyro.set_rng_seed(seed + parallel.rank() if distributed else seed)
     x_val, y_val = _to_device(_as_tensors(val_data), torch_device) if val_data is not None else (None, None)
     if transform is not None and x_val is not None:
         x_val = transform(x_val)

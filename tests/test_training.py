@@ -74,6 +74,11 @@ def test_same_seed_same_result_and_another_seed_differs(digits):
     assert history_a.train_elbo == history_b.train_elbo
     assert history_a.val_elbo == history_b.val_elbo
     assert all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True))
+    # the same run from an empty parameter store (set-up then evicts nothing, and draws less)
+    pyro.clear_param_store()
+    history_d, params_d = train(3)
+    assert history_d.train_elbo == history_a.train_elbo
+    assert all(torch.equal(a, d) for a, d in zip(params_a, params_d, strict=True))
     history_c, params_c = train(4)
     assert history_c.train_elbo != history_a.train_elbo
     assert not all(torch.equal(a, c) for a, c in zip(params_a, params_c, strict=True))
