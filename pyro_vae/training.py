@@ -30,6 +30,7 @@ from pyro_vae import distributed as parallel
 from pyro_vae.device import resolve_device
 from pyro_vae.fast_svi import FastSVI, unsupported_reason
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
+from pyro_vae.optim import make_optimizer
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
 from pyro_vae.scoring import check_observed_support, check_support, elbo, max_plate_nesting
@@ -43,7 +44,6 @@ LOSSES: dict[str, type] = {
     "jit": JitTrace_ELBO,
     "enum": TraceEnum_ELBO,
 }
-OPTIMIZERS = ("adam", "clipped-adam")
 MAX_ROLLBACKS = 3
 REMEDIES = (
     "try a lower learning rate, gradient clipping (clip_norm), KL warm-up, or on_nonfinite='rollback' "
@@ -214,17 +214,6 @@ def _first_batch(data: Data, batch_size: int, device: torch.device) -> tuple[tor
         return _to_device(_as_tensors(torch.utils.data.Subset(data, range(min(batch_size, len(data))))), device)
     x, y = _unpack(data)
     return x[:batch_size], None if y is None else y[:batch_size]
-
-
-def _make_optimizer(name: str, lr: float, clip_norm: float | None) -> pyro.optim.PyroOptim:
-    if name == "adam":
-        # torch's fused Adam kernel: the same update in one pass over each tensor instead of about
-        # ten; a third of an optimizer step's time on the CPU (experiments/bench_train.py)
-        clip_args = {"clip_norm": clip_norm} if clip_norm else None
-        return pyro.optim.Adam({"lr": lr, "fused": True}, clip_args=clip_args)
-    if name == "clipped-adam":
-        return pyro.optim.ClippedAdam({"lr": lr, "clip_norm": clip_norm or 10.0})
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
 def _make_svi(
@@ -425,7 +414,7 @@ def fit(
     svi = _make_svi(
         kl_weighted(model, kl_handler) if weighted else model,
         kl_weighted(guide, kl_handler) if weighted else guide,
-        _make_optimizer(optimizer, lr, clip_norm),
+        make_optimizer(optimizer, lr, clip_norm),
         loss,
         num_particles,
         vectorize_particles,
