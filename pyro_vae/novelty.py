@@ -43,13 +43,16 @@ from pyro_vae.guides import AmortizedNormal
 from pyro_vae.models import VAE
 from pyro_vae.preprocessing import TablePreprocessor
 from pyro_vae.resume import rng_state, set_rng_state
-from pyro_vae.training import fit
+from pyro_vae.scoring import log_likelihood
+from pyro_vae.training import History, fit
 from pyro_vae.validation import check_data
 
 DETECTOR_KIND = "novelty-detector"
+TRIM_DEFAULT = 0.1
 PARAMETERS = (
     "members",
     "steps",
+    "trim",
     "latent_dim",
     "hidden",
     "epochs",
@@ -92,6 +95,8 @@ class NoveltyDetector:
 
     :param int members: number of VAEs (seeds) whose log p(x) is averaged.
     :param int steps: minibatch steps each member trains for (rounded up to whole epochs).
+    :param float trim: the fraction of training rows with the lowest log p(x) that each member
+        leaves out of the second half of its training (``0``: none); see :meth:`fit`.
     :param latent_dim: dimension of z (default: half the columns, between 2 and 32).
     :param hidden: hidden layer widths (default: twice the columns, between 64 and 512, then half).
     :param epochs: passes over the data, overriding ``steps``.
@@ -109,6 +114,7 @@ class NoveltyDetector:
         self,
         members: int = 5,
         steps: int = 500,
+        trim: float = TRIM_DEFAULT,
         latent_dim: int | None = None,
         hidden: tuple[int, ...] | None = None,
         epochs: int | None = None,
@@ -123,6 +129,7 @@ class NoveltyDetector:
     ) -> None:
         self.members = members
         self.steps = steps
+        self.trim = trim
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.epochs = epochs
@@ -144,9 +151,17 @@ class NoveltyDetector:
         return latent, tuple(hidden), epochs
 
     def fit(self, X, y=None) -> NoveltyDetector:
-        """Fit the preprocessing and the VAE to ``X`` (``y`` is ignored: unsupervised)."""
+        """Fit the preprocessing and the VAEs to ``X`` (``y`` is ignored: unsupervised).
+
+        Each member trains on all rows for the first half of its budget; then, with ``trim``, it
+        estimates log p(x) of every training row (K = 10) and trains the second half on the rows
+        above the ``trim`` quantile: a trimmed likelihood, as robust estimators such as the
+        minimum covariance determinant fit the bulk of the data and not its outliers.
+        """
         if not 0 < self.contamination <= 0.5:
             raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination}")
+        if not 0 <= self.trim < 1:
+            raise ValueError(f"trim must be in [0, 1), got {self.trim}")
         if self.members < 1 or self.steps < 1:
             raise ValueError(f"members and steps must be positive, got {self.members} and {self.steps}")
         x = _as_table(X)
@@ -161,26 +176,40 @@ class NoveltyDetector:
         for member in range(self.members):
             pyro.set_rng_seed(seed + member)
             model, guide = self._build_member()
-            self.history_.append(
-                fit(
-                    model,
-                    guide,
-                    x,
-                    epochs=epochs,
-                    batch_size=self.batch_size,
-                    lr=self.lr,
-                    validation=validation,
-                    patience=max(10, epochs // 10) if validation else None,
-                    device=self.device,
-                    seed=seed + member,
-                    progress=self.progress,
-                )
-            )
+            self.history_.append(self._train_member(model, guide, x, epochs, validation, seed + member))
             self.models_.append(model)
             self.guides_.append(guide)
         self.train_scores_ = np.sort(self._score(x).log_likelihood)
         self.offset_ = float(np.quantile(self.train_scores_, self.contamination))
         return self
+
+    def _train_member(
+        self, model: VAE, guide: AmortizedNormal, x: torch.Tensor, epochs: int, validation: float | None, seed: int
+    ) -> list[History]:
+        """Train one member (see :meth:`fit`); the histories of its one or two phases."""
+
+        def train(rows: torch.Tensor, phase_epochs: int) -> History:
+            return fit(
+                model,
+                guide,
+                rows,
+                epochs=phase_epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                validation=validation,
+                patience=max(10, epochs // 10) if validation else None,
+                device=self.device,
+                seed=seed,
+                progress=self.progress,
+            )
+
+        if not self.trim or epochs < 2:
+            return [train(x, epochs)]
+        first = train(x, epochs // 2)
+        with torch.no_grad():
+            log_px = log_likelihood(model, guide, x.to(next(model.parameters()).device), num_samples=10).cpu()
+        kept = x[log_px > torch.quantile(log_px, self.trim)]
+        return [first, train(kept, epochs - epochs // 2)]
 
     def _build_member(self) -> tuple[VAE, AmortizedNormal]:
         columns = int(self.preprocessor_.keep.sum())
@@ -262,6 +291,7 @@ class NoveltyDetector:
         if config.get("kind") != DETECTOR_KIND:
             raise ValueError(f"{path} is not a NoveltyDetector file (it holds a {config.get('kind', 'training run')})")
         parameters = config["parameters"]
+        parameters = {"trim": 0.0} | parameters  # written before trimming: trained without it
         if "members" not in parameters:  # written before the ensemble: one VAE, its state unprefixed
             parameters = parameters | {"members": 1}
             checkpoint.model_state = {f"0.{name}": value for name, value in checkpoint.model_state.items()}

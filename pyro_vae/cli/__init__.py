@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pyro_vae.cli import latent, novelty, queries, train
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
+from pyro_vae.novelty import TRIM_DEFAULT
 from pyro_vae.training import AUTO, LOSSES
 
 DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, npz:PATH, csv:PATH or images:DIR"
@@ -274,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     detector.add_argument("--contamination", type=float, default=0.1, help="expected fraction of outliers")
     detector.add_argument("--members", type=int, default=5, help="VAEs (seeds) whose log p(x) is averaged")
     detector.add_argument("--steps", type=int, default=500, help="minibatch steps each member trains for")
+    detector.add_argument(
+        "--trim",
+        type=float,
+        default=TRIM_DEFAULT,
+        help="fraction of lowest-log p(x) rows left out of each member's second half of training",
+    )
     detector.add_argument("--epochs", type=int, help="passes over the data, instead of --steps")
     detector.add_argument("--num-samples", type=int, default=100, help="importance samples K per row")
     detector.add_argument("--seed", type=int, default=0, help="seeds the networks, training and scoring")

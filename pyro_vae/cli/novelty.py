@@ -54,6 +54,7 @@ def fit_detector(args: argparse.Namespace) -> int:
     detector = NoveltyDetector(
         members=args.members,
         steps=args.steps,
+        trim=args.trim,
         epochs=args.epochs,
         num_samples=args.num_samples,
         contamination=args.contamination,
