@@ -208,7 +208,8 @@ class NoveltyDetector:
         first = train(x, epochs // 2)
         with torch.no_grad():
             log_px = log_likelihood(model, guide, x.to(next(model.parameters()).device), num_samples=10).cpu()
-        kept = x[log_px > torch.quantile(log_px, self.trim)]
+        keep = len(x) - math.floor(self.trim * len(x))  # by rank, so that ties (duplicate rows) cannot empty it
+        kept = x[log_px.argsort(descending=True)[:keep].sort().values]
         return [first, train(kept, epochs - epochs // 2)]
 
     def _build_member(self) -> tuple[VAE, AmortizedNormal]:
