@@ -70,14 +70,14 @@ def main() -> None:
     data = load(Path(args.data_dir))
     hidden = [int(width) for width in args.hidden.split(",")]
     pyro.set_rng_seed(args.seed)
+    if args.prior == "normal":  # built first, as before the VampPrior option: the same seed, the same run
+        model = VAE.build((1, 28, 28), args.latent_dim, hidden, "mlp", "bernoulli")
     guide = AmortizedNormal.build((1, 28, 28), args.latent_dim, hidden, "mlp")
     if args.prior == "vampprior":
         # pseudo-inputs start at random training images, moved inside (0, 1) so the clip passes gradients
         chosen = torch.randperm(len(data["train"]))[: args.pseudo_inputs]
         pseudo_inputs = 0.05 + 0.9 * data["train"][chosen]
         model = VampPriorVAE.build_for(guide, pseudo_inputs, args.latent_dim, hidden, "mlp", bounds=(0.0, 1.0))
-    else:
-        model = VAE.build((1, 28, 28), args.latent_dim, hidden, "mlp", "bernoulli")
     cpu_start = time.process_time()
     history = pyro_vae.fit(
         model,

@@ -12,7 +12,10 @@ three nats over the standard prior (88.56 → 85.57 in Tomczak & Welling's Table
 
 The encoder belongs to the guide; the model holds the guide's ``posterior`` method, not the
 network, so each encoder parameter has one entry in Pyro's parameter store and one optimizer
-state, and gets its gradient from both the guide and the prior.
+state, and gets its gradient from both the guide and the prior. The model's ``state_dict`` therefore
+holds the pseudo-inputs and the decoder, not the encoder: save and load the model with its guide
+(as :func:`pyro_vae.save_checkpoint` does), and a ``copy.deepcopy`` of the model alone copies the
+guide along with it.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class VampPriorVAE(VAE):
                 f"pseudo_inputs must lie strictly inside bounds {bounds}: on or outside a bound the clip passes no "
                 "gradient; shrink them first, e.g. 0.05 + 0.9 * x for data in [0, 1]"
             )
-        self.pseudo_inputs = nn.Parameter(pseudo_inputs.detach().clone().float())
+        self.pseudo_inputs = nn.Parameter(pseudo_inputs.detach().clone())
         self.posterior = posterior
         self.bounds = bounds
 
@@ -88,4 +91,6 @@ class VampPriorVAE(VAE):
             inputs = inputs.clamp(*self.bounds)
         components = self.posterior(inputs)
         normal = components.base_dist if isinstance(components, dist.Independent) else components
+        if not isinstance(normal, dist.Normal):
+            raise TypeError(f"the VampPrior needs a guide whose q(z | x) is a Normal, got {type(normal).__name__}")
         return DiagonalNormalMixture(normal.loc, normal.scale)

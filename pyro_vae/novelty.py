@@ -95,8 +95,6 @@ class NoveltyDetector:
 
     :param int members: number of VAEs (seeds) whose log p(x) is averaged.
     :param int steps: minibatch steps each member trains for (rounded up to whole epochs).
-    :param float trim: the fraction of training rows with the lowest log p(x) that each member
-        leaves out of the second half of its training (``0``: none); see :meth:`fit`.
     :param latent_dim: dimension of z (default: half the columns, between 2 and 32).
     :param hidden: hidden layer widths (default: twice the columns, between 64 and 512, then half).
     :param epochs: passes over the data, overriding ``steps``.
@@ -108,13 +106,17 @@ class NoveltyDetector:
     :param df: degrees of freedom of the Student-t for continuous columns (``None``: Gaussian).
     :param random_state: seed for the networks, training and scoring.
     :param str device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    :param float trim: the fraction of training rows with the lowest log p(x) that each member
+        leaves out of the second half of its training (``0``: none); see :meth:`fit`.
+
+    After :meth:`fit`, ``history_[m]`` holds the :class:`~pyro_vae.training.History` of each
+    training phase of member ``m`` (two with ``trim``, else one).
     """
 
     def __init__(
         self,
         members: int = 5,
         steps: int = 500,
-        trim: float = TRIM_DEFAULT,
         latent_dim: int | None = None,
         hidden: tuple[int, ...] | None = None,
         epochs: int | None = None,
@@ -126,6 +128,7 @@ class NoveltyDetector:
         random_state: int | None = None,
         device: str = "cpu",
         progress: bool | None = False,
+        trim: float = TRIM_DEFAULT,
     ) -> None:
         self.members = members
         self.steps = steps
@@ -153,9 +156,10 @@ class NoveltyDetector:
     def fit(self, X, y=None) -> NoveltyDetector:
         """Fit the preprocessing and the VAEs to ``X`` (``y`` is ignored: unsupervised).
 
-        Each member trains on all rows for the first half of its budget; then, with ``trim``, it
-        estimates log p(x) of every training row (K = 10) and trains the second half on the rows
-        above the ``trim`` quantile: a trimmed likelihood, as robust estimators such as the
+        Each member trains on all rows for the first half of its epochs; then, with ``trim``, it
+        estimates log p(x) of every training row (K = 10) and trains the second half on the
+        ``1 - trim`` share of rows that score highest (a fresh optimizer; at least 2 epochs are
+        needed, else no trimming): a trimmed likelihood, as robust estimators such as the
         minimum covariance determinant fit the bulk of the data and not its outliers.
         """
         if not 0 < self.contamination <= 0.5:

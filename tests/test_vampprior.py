@@ -45,6 +45,25 @@ def test_mixture_samples_have_the_mixture_moments():
     assert torch.allclose(draws[..., 0].std(), torch.tensor(math.sqrt(4 + 0.25)), atol=0.05)
 
 
+def test_mixture_log_prob_keeps_float32_precision_for_narrow_components():
+    """40 dimensions, scales 0.05, means near ±2: the expanded quadratic form cancels terms of
+    ~3e4 (0.07 nats of float32 rounding if computed in float32); the float32 result must match
+    the float64 reference to float32 precision of the answer itself."""
+    generator = torch.Generator().manual_seed(1)
+    loc = 2 * torch.randn(50, 40, generator=generator, dtype=torch.float64).sign()
+    scale = torch.full((50, 40), 0.05, dtype=torch.float64)
+    value = loc[:20] + 0.05 * torch.randn(20, 40, generator=generator, dtype=torch.float64)
+    reference = _reference_log_prob(loc, scale, value)
+    ours = DiagonalNormalMixture(loc.float(), scale.float()).log_prob(value.float())
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), reference, rtol=0, atol=1e-4)
+
+
+def test_mixture_log_prob_has_the_batch_shape():
+    mixture = DiagonalNormalMixture(torch.zeros(3, 2), torch.ones(3, 2)).expand([4])
+    assert mixture.log_prob(torch.zeros(2)).shape == (4,)
+
+
 def test_mixture_rejects_mismatched_parameters():
     with pytest.raises(ValueError, match="components, dim"):
         DiagonalNormalMixture(torch.zeros(3, 2), torch.ones(3, 4))

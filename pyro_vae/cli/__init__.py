@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trim",
         type=float,
         default=TRIM_DEFAULT,
-        help="fraction of lowest-log p(x) rows left out of each member's second half of training",
+        help="fraction of rows with the lowest log p(x) left out of each member's second half of training",
     )
     detector.add_argument("--epochs", type=int, help="passes over the data, instead of --steps")
     detector.add_argument("--num-samples", type=int, default=100, help="importance samples K per row")
