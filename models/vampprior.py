@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from pyro_vae.distributions import DiagonalNormalMixture
-from pyro_vae.likelihoods import Likelihood, get_likelihood
+from pyro_vae.likelihoods import Likelihood
 from pyro_vae.models.vae import VAE
-from pyro_vae.nets import build_decoder
 
 
 class VampPriorVAE(VAE):
@@ -80,10 +79,8 @@ class VampPriorVAE(VAE):
     ) -> VampPriorVAE:
         """A VampPrior VAE with a stock decoder, sharing the encoder of ``guide`` (an
         :class:`~pyro_vae.guides.AmortizedNormal`); arguments as for :meth:`VAE.build`."""
-        x_shape = tuple(pseudo_inputs.shape[1:])
-        family = get_likelihood(likelihood, len(x_shape), **likelihood_options)
-        decoder = build_decoder(arch, latent_dim, hidden, x_shape, family.params_per_value)
-        return cls(decoder, family, latent_dim, guide.posterior, pseudo_inputs, bounds)
+        stock = VAE.build(pseudo_inputs.shape[1:], latent_dim, hidden, arch, likelihood, **likelihood_options)
+        return cls(stock.decoder, stock.likelihood, latent_dim, guide.posterior, pseudo_inputs, bounds)
 
     def prior(self) -> DiagonalNormalMixture:
         inputs = self.pseudo_inputs

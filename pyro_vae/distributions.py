@@ -61,12 +61,7 @@ class IndependentBernoulliLogits(dist.Independent):
         base = self.base_dist
         if base._validate_args:
             base._validate_sample(value)
-        dims = tuple(range(-self.reinterpreted_batch_ndims, 0))
-        if _compiled_summed_density.usable(base.logits):
-            summed = _compiled_summed_density(base.logits, value, dims)
-            if summed is not None:
-                return summed
-        return _log_density(base.logits, value).sum(dims)
+        return _summed_density(base.logits, value, tuple(range(-self.reinterpreted_batch_ndims, 0)))
 
 
 def _log_density(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -78,8 +73,9 @@ def _summed_log_density(logits: torch.Tensor, value: torch.Tensor, dims: tuple[i
 
 
 class _CompiledOnce:
-    """:func:`torch.compile` of ``function``, used for large inputs without gradients; falls back to
-    ``None`` (the caller's eager path) for good once compiling fails."""
+    """``function``, run as :func:`torch.compile` of it when its first argument has at least
+    ``min_values`` values and no gradient is needed; eagerly otherwise, and for good once compiling
+    has failed."""
 
     def __init__(self, function, min_values: int) -> None:
         self.function = function
@@ -87,23 +83,22 @@ class _CompiledOnce:
         self.compiled = None
         self.failed = False
 
-    def usable(self, tensor: torch.Tensor) -> bool:
-        return not self.failed and not torch.is_grad_enabled() and tensor.numel() >= self.min_values
-
-    def __call__(self, *args) -> torch.Tensor | None:
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if self.failed or torch.is_grad_enabled() or args[0].numel() < self.min_values:
+            return self.function(*args)
         try:
             if self.compiled is None:
                 self.compiled = torch.compile(self.function, dynamic=True)
             return self.compiled(*args)
-        except Exception as error:  # any compiler failure: the eager path recomputes
-            self.function(*args)  # a genuine error in the arguments is raised here, eagerly
+        except Exception as error:  # any compiler failure
+            result = self.function(*args)  # a genuine error in the arguments is raised here, eagerly
             self.failed = True
             warnings.warn(f"compiling the Bernoulli density failed, using the eager one: {error}", stacklevel=3)
-            return None
+            return result
 
 
 COMPILED_MIN_VALUES = 1 << 22
-_compiled_summed_density = _CompiledOnce(_summed_log_density, COMPILED_MIN_VALUES)
+_summed_density = _CompiledOnce(_summed_log_density, COMPILED_MIN_VALUES)
 
 
 def log_sigmoid(t: torch.Tensor) -> torch.Tensor:

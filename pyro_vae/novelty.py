@@ -210,8 +210,7 @@ class NoveltyDetector:
         if not self.trim or epochs < 2:
             return [train(x, epochs)]
         first = train(x, epochs // 2)
-        with torch.no_grad():
-            log_px = log_likelihood(model, guide, x.to(next(model.parameters()).device), num_samples=10).cpu()
+        log_px = log_likelihood(model, guide, x.to(next(model.parameters()).device), num_samples=10).cpu()
         keep = len(x) - math.floor(self.trim * len(x))  # by rank, so that ties (duplicate rows) cannot empty it
         kept = x[log_px.argsort(descending=True)[:keep].sort().values]
         return [first, train(kept, epochs - epochs // 2)]

@@ -131,7 +131,7 @@ def compiled_for_small_inputs(monkeypatch):
     from pyro_vae import distributions
 
     compiled = distributions._CompiledOnce(distributions._summed_log_density, 4096)
-    monkeypatch.setattr(distributions, "_compiled_summed_density", compiled)
+    monkeypatch.setattr(distributions, "_summed_density", compiled)
     return compiled
 
 
