@@ -30,7 +30,7 @@ from pyro_vae import distributed as parallel
 from pyro_vae.device import resolve_device
 from pyro_vae.fast_svi import FastSVI, unsupported_reason
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
-from pyro_vae.optim import make_optimizer
+from pyro_vae.optim import JointOptim, make_optimizer
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
 from pyro_vae.scoring import check_observed_support, check_support, elbo, max_plate_nesting
@@ -219,7 +219,7 @@ def _first_batch(data: Data, batch_size: int, device: torch.device) -> tuple[tor
 def _make_svi(
     model: Callable,
     guide: Callable,
-    optim: pyro.optim.PyroOptim,
+    optim: JointOptim,
     loss: str,
     num_particles: int,
     vectorize_particles: bool,
@@ -547,7 +547,7 @@ class _LastGood:
     def __init__(self, svi: Stepper, resume: TrainingState | None) -> None:
         self.svi = svi
         self.save()
-        if resume is not None:  # the resumed optimizer state waits inside Pyro until the first step
+        if resume is not None:  # the resumed optimizer state waits in the optimizer until the first step
             self.optimizer = copy.deepcopy(resume.optimizer)
 
     def save(self) -> None:
@@ -556,20 +556,10 @@ class _LastGood:
 
     def roll_back(self) -> str:
         """Restore the saved state and halve the learning rate; says what it did."""
-        store = pyro.get_param_store()
         _copy_into(self.parameters)
         optim = self.svi.optim
-        rates = [group["lr"] for each in optim.optim_objs.values() for group in each.param_groups]
-        current = rates[0] if rates else optim.pt_optim_args["lr"]
-        optim.pt_optim_args["lr"] = lr = current * ROLLBACK_LR_FACTOR
-        for parameter in list(optim.optim_objs):
-            state = self.optimizer.get(store.param_name(parameter))
-            if state is None:  # no step was completed: start its optimizer afresh
-                del optim.optim_objs[parameter]
-                continue
-            optim.optim_objs[parameter].load_state_dict(copy.deepcopy(state))
-            for group in optim.optim_objs[parameter].param_groups:
-                group["lr"] = lr
+        optim.restart(copy.deepcopy(self.optimizer))
+        optim.lr = lr = optim.lr * ROLLBACK_LR_FACTOR
         return f"rolled back to the last completed epoch with the learning rate lowered to {lr:.3g}"
 
 

@@ -1,11 +1,15 @@
-"""fit's optimizers."""
+"""fit's optimizers: the fused Adam and the joint optimizer behind Pyro's interface."""
 
 from __future__ import annotations
 
+import copy
+
+import pyro
+import pyro.optim
 import pytest
 import torch
 
-from pyro_vae.optim import FusedAdam, make_optimizer
+from pyro_vae.optim import FusedAdam, JointOptim, make_optimizer
 
 
 def test_fused_adam_equals_adam_also_for_non_contiguous_gradients():
@@ -27,5 +31,112 @@ def test_fused_adam_equals_adam_also_for_non_contiguous_gradients():
 
 def test_make_optimizer_names():
     assert make_optimizer("adam", 1e-3, None).pt_optim_constructor is FusedAdam
+    assert make_optimizer("clipped-adam", 1e-3, None).pt_optim_args["clip_norm"] == 10.0
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
         make_optimizer("sgd", 1e-3, None)
+
+
+def _store_parameters(seed: int = 0) -> list[torch.Tensor]:
+    """Three tensors in Pyro's store, as a model's parameters would be."""
+    pyro.clear_param_store()
+    generator = torch.Generator().manual_seed(seed)
+    for name, shape in (("a", (5, 3)), ("b", (3,)), ("c", (4, 4))):
+        pyro.param(name, torch.randn(shape, generator=generator))
+    return [value for _, value in pyro.get_param_store().named_parameters()]
+
+
+def _run(optim, steps: int, used: list[int] | None = None, start: int = 0) -> list[torch.Tensor]:
+    """Steps with fixed pseudo-gradients; on odd steps ``used`` picks the parameters stepped (the
+    others hold a zero gradient, as Pyro's SVI leaves them: they must not move, though Adam's
+    momentum would move them)."""
+    parameters = [value for _, value in pyro.get_param_store().named_parameters()]
+    for step in range(start, start + steps):
+        generator = torch.Generator().manual_seed(100 + step)
+        chosen = used if used is not None and step % 2 else range(len(parameters))
+        for index, parameter in enumerate(parameters):
+            gradient = torch.randn(parameter.shape, generator=generator)
+            parameter.grad = gradient if index in chosen else torch.zeros_like(parameter)
+        optim([parameters[index] for index in chosen])
+        for parameter in parameters:
+            parameter.grad = None
+    return [parameter.detach().clone() for parameter in parameters]
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"),
+    [
+        ("adam", lambda: pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01})),
+        ("clipped-adam", lambda: pyro.optim.ClippedAdam({"lr": 0.01, "clip_norm": 10.0})),
+    ],
+)
+def test_joint_optimizer_steps_like_one_optimizer_per_parameter(name, reference):
+    """Same steps as Pyro's per-parameter optimizers, also when some parameters miss a step."""
+    _store_parameters()
+    ours = _run(make_optimizer(name, 0.01, None), 6, used=[0, 2])
+    _store_parameters()
+    expected = _run(reference(), 6, used=[0, 2])
+    start = _store_parameters()
+    for mine, theirs, initial in zip(ours, expected, start, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+        assert (mine - initial).abs().max() > 1e-3
+
+
+def test_joint_optimizer_clips_each_parameter_like_pyro():
+    _store_parameters()
+    ours = _run(make_optimizer("adam", 0.01, clip_norm=0.5), 3)
+    _store_parameters()
+    expected = _run(pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01}, clip_args={"clip_norm": 0.5}), 3)
+    for mine, theirs in zip(ours, expected, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+
+
+def test_state_moves_between_joint_and_per_parameter_optimizers():
+    """get_state has PyroOptim's format, so a checkpoint of either resumes in the other and the
+    continued run equals the uninterrupted one."""
+    _store_parameters()
+    uninterrupted = _run(make_optimizer("adam", 0.01, None), 6)
+
+    _store_parameters()
+    per_parameter = pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01})
+    _run(per_parameter, 3)
+    saved = copy.deepcopy(per_parameter.get_state())
+    resumed = make_optimizer("adam", 0.01, None)
+    resumed.set_state(saved)
+    continued = _run(resumed, 3, start=3)
+    for mine, theirs in zip(continued, uninterrupted, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+
+    back = pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01})
+    back.set_state(copy.deepcopy(resumed.get_state()))
+    assert set(back._state_waiting_to_be_consumed) == {"a", "b", "c"}
+    step_counts = {name: state["state"][0]["step"].item() for name, state in resumed.get_state().items()}
+    assert step_counts == {"a": 6, "b": 6, "c": 6}
+
+
+def test_restart_restores_states_and_forgets_the_rest():
+    _store_parameters()
+    optim = make_optimizer("adam", 0.01, None)
+    _run(optim, 2)
+    saved = copy.deepcopy(optim.get_state())
+    after_two = [value.detach().clone() for _, value in pyro.get_param_store().named_parameters()]
+    continued = _run(optim, 2, start=2)
+
+    with torch.no_grad():
+        for (_, value), start in zip(pyro.get_param_store().named_parameters(), after_two, strict=True):
+            value.copy_(start)
+    optim.restart(saved)
+    assert _run(optim, 2, start=2)[0].equal(continued[0])  # the same two steps again
+
+    optim.restart({})  # no saved state: every parameter starts afresh (step counts from 1)
+    _run(optim, 1)
+    assert all(state["state"][0]["step"].item() == 1 for state in optim.get_state().values())
+
+
+def test_learning_rate_is_one_knob():
+    _store_parameters()
+    optim = make_optimizer("adam", 0.01, None)
+    _run(optim, 1)
+    optim.lr = 0.005
+    assert optim.optimizer.param_groups[0]["lr"] == 0.005
+    assert all(state["param_groups"][0]["lr"] == 0.005 for state in optim.get_state().values())
+    assert isinstance(optim, JointOptim)
