@@ -17,6 +17,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.functional import softplus
 
+from pyro_vae.distributions import ReparameterizedNormal
 from pyro_vae.nets import build_encoder
 
 
@@ -42,8 +43,9 @@ class _AmortizedGuide(PyroModule):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         if size is None:
             size = x.shape[0]
+        posterior = self.posterior(x)  # outside the plate: its parameter statements need not pass through it
         with pyro.plate("data", size, subsample=x):
-            return pyro.sample("z", self.posterior(x))
+            return pyro.sample("z", posterior)
 
 
 class AmortizedNormal(_AmortizedGuide):
@@ -61,7 +63,7 @@ class AmortizedNormal(_AmortizedGuide):
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         loc, raw_scale = self.encoder(x).split(self.latent_dim, dim=-1)
-        return dist.Normal(loc, softplus(raw_scale) + self.min_scale).to_event(1)
+        return ReparameterizedNormal(loc, softplus(raw_scale) + self.min_scale).to_event(1)
 
 
 class AmortizedDelta(_AmortizedGuide):

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.functional import softplus
 
 from pyro_vae.data import MISSING_LABEL
+from pyro_vae.distributions import ReparameterizedNormal
 from pyro_vae.nets import MLP, LabelEncoding, build_encoder, concat_features
 from pyro_vae.validation import check_labels
 
@@ -88,7 +89,7 @@ class ConditionalNormal(PyroModule):
         loc, raw_scale = self.head(concat_features(self.features(x), self.label_features(y))).split(
             self.latent_dim, dim=-1
         )
-        return dist.Normal(loc, softplus(raw_scale) + self.min_scale).to_event(1)
+        return ReparameterizedNormal(loc, softplus(raw_scale) + self.min_scale).to_event(1)
 
     def _label(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:

@@ -20,6 +20,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.data import MISSING_LABEL
+from pyro_vae.distributions import StandardNormal
 from pyro_vae.likelihoods import Likelihood, get_likelihood
 from pyro_vae.nets import LabelEncoding, build_decoder, concat_features
 from pyro_vae.validation import check_labels
@@ -81,7 +82,7 @@ class ConditionalVAE(PyroModule):
         return cls(decoder, family, latent_dim, labels)
 
     def prior(self) -> dist.TorchDistribution:
-        return dist.Normal(self.prior_loc, torch.ones_like(self.prior_loc)).to_event(1)
+        return StandardNormal(self.prior_loc).to_event(1)
 
     def label_prior(self) -> dist.TorchDistribution:
         return dist.Categorical(logits=self.class_logits)

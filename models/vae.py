@@ -15,6 +15,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_vae.distributions import StandardNormal
 from pyro_vae.likelihoods import Likelihood, get_likelihood
 from pyro_vae.nets import build_decoder
 
@@ -56,7 +57,7 @@ class VAE(PyroModule):
         return cls(decoder, family, latent_dim)
 
     def prior(self) -> dist.TorchDistribution:
-        return dist.Normal(self.prior_loc, torch.ones_like(self.prior_loc)).to_event(1)
+        return StandardNormal(self.prior_loc).to_event(1)
 
     def observation(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z)."""

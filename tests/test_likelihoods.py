@@ -91,14 +91,19 @@ def test_smaller_gaussian_scale_buys_sharper_reconstructions(digits):
     assert errors[0.05] < 0.5 * errors[1.0]
 
 
+@pytest.mark.parametrize("slow_log1p", [True, False], ids=["sigmoid-formula", "fused-bce"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_bernoulli_logits_matches_torch_bernoulli_in_value_and_gradient(dtype):
-    """The cheaper log-density equals torch's (log1p-based) one from logit -100 to 100, for 0, 1
-    and grey values (where it is binary cross-entropy, as torch's), with broadcasting, and its
-    gradient too; it stays finite where sigmoid underflows."""
+def test_bernoulli_logits_matches_torch_bernoulli_in_value_and_gradient(dtype, slow_log1p, monkeypatch):
+    """Both formulas (the one without log1p for AVX-512 CPUs, torch's fused BCE elsewhere) equal
+    torch's log-density from logit -100 to 100, for 0, 1 and grey values (where it is binary
+    cross-entropy, as torch's), with broadcasting, and its gradient too; they stay finite where
+    sigmoid underflows."""
     import pyro.distributions as dist
 
+    from pyro_vae import distributions
     from pyro_vae.distributions import BernoulliLogits
+
+    monkeypatch.setattr(distributions, "SLOW_CPU_LOG1P", slow_log1p)
 
     logits = torch.linspace(-100, 100, 2001, dtype=dtype).repeat(3, 1).requires_grad_()
     value = torch.tensor([0.0, 1.0, 0.3], dtype=dtype)[:, None]  # broadcast over the logits
