@@ -8,15 +8,17 @@ For a guide whose latent sites are all reparameterizable, one-particle ``Trace_E
     \\qquad z \\sim q \\text{ by reparameterization},
 
 with ``s`` each site's plate and ``poutine.scale`` factor, and its gradient is the pathwise one
-(Kingma & Welling 2014). :class:`FastSVI` computes exactly that from a trace of the guide and a
-replayed trace of the model, and steps a :class:`pyro.optim.PyroOptim`. It leaves out what
-:class:`pyro.infer.SVI` with :class:`pyro.infer.Trace_ELBO` does on every step and this case does
-not need: a third trace on every step to collect the parameters (here: the tensors of Pyro's
-parameter store that received a gradient), score-function terms, enumeration and shape checks,
-and Pyro's argument and support validation of every distribution on every step (8 % of a step of
-a 784-400-50 MLP VAE at batch 128). Check the data before: :func:`pyro_vae.fit` checks that the
-observed data lie in the likelihood's support, all of it up front, or every minibatch of a
-``Dataset`` or a ``transform``; a non-finite loss still stops it.
+(Kingma & Welling 2014). :class:`FastSVI` computes exactly that from the sample sites of the guide
+and of the model replaying the guide's draws, recorded by a small messenger instead of two full
+traces, and steps a :class:`pyro.optim.PyroOptim` (fit's :class:`~pyro_vae.optim.JointOptim`).
+It leaves out what :class:`pyro.infer.SVI` with :class:`pyro.infer.Trace_ELBO` does on every step
+and this case does not need: a third trace on every step to collect the parameters (here: the
+tensors of Pyro's parameter store that received a gradient), a trace's copy of every message,
+score-function terms, enumeration and shape checks, and Pyro's argument and support validation of
+every distribution on every step (8 % of a step of a 784-400-50 MLP VAE at batch 128). Check the
+data before: :func:`pyro_vae.fit` checks that the observed data lie in the likelihood's support,
+all of it up front, or every minibatch of a ``Dataset`` or a ``transform``; a non-finite loss
+still stops it.
 
 :func:`unsupported_reason` says why a model/guide pair needs the full ``Trace_ELBO`` instead (a
 latent or auxiliary site without ``rsample``, enumeration, a model latent site the guide does not
