@@ -74,19 +74,29 @@ SLOW_CPU_LOG1P = torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 def _log_density(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """x · logit + log σ(-logit), elementwise (broadcasting), by the faster formula here."""
-    if SLOW_CPU_LOG1P and logits.device.type == "cpu":
+    if _by_sigmoid(logits):
         return _log_density_by_sigmoid(logits, value)
-    dtype = torch.promote_types(logits.dtype, value.dtype)
-    logits, value = torch.broadcast_tensors(logits.to(dtype), value.to(dtype))
-    return -binary_cross_entropy_with_logits(logits, value, reduction="none")
+    return -_cross_entropy(logits, value)
+
+
+def _summed_log_density(logits: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    if _by_sigmoid(logits):
+        return _log_density_by_sigmoid(logits, value).sum(dims)
+    return -_cross_entropy(logits, value).sum(dims)  # negating the sums, not every value
+
+
+def _by_sigmoid(logits: torch.Tensor) -> bool:
+    return SLOW_CPU_LOG1P and logits.device.type == "cpu"
 
 
 def _log_density_by_sigmoid(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value * logits + log_sigmoid(-logits)
 
 
-def _summed_log_density(logits: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    return _log_density(logits, value).sum(dims)
+def _cross_entropy(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    dtype = torch.promote_types(logits.dtype, value.dtype)
+    logits, value = torch.broadcast_tensors(logits.to(dtype), value.to(dtype))
+    return binary_cross_entropy_with_logits(logits, value, reduction="none")
 
 
 class _CompiledOnce:
