@@ -65,6 +65,8 @@ class JointOptim(pyro.optim.PyroOptim):
 
     def __call__(self, params: Iterable[torch.Tensor], *args, **kwargs) -> None:
         params = list(params)
+        if not params:
+            return
         for parameter in params:
             if parameter not in self._adopted:
                 self._adopt(parameter)
@@ -85,13 +87,18 @@ class JointOptim(pyro.optim.PyroOptim):
             self.optimizer.param_groups[0]["lr"] = value
 
     def get_state(self) -> dict[str, dict]:
-        """``{parameter name: torch state dict of that parameter alone}``, as ``PyroOptim``'s."""
+        """``{parameter name: torch state dict of that parameter alone}``, as ``PyroOptim``'s,
+        with the states still waiting for their parameter's first step (after a resume)."""
         store = pyro.get_param_store()
-        return {store.param_name(parameter): self._state_dict(parameter) for parameter in self.parameters}
+        adopted = {store.param_name(parameter): self._state_dict(parameter) for parameter in self.parameters}
+        return {**self._state_waiting_to_be_consumed, **adopted}
 
     def set_state(self, state_dict: dict[str, dict]) -> None:
-        """Load a :meth:`get_state` result: now for the parameters already seen (their state and
-        the learning rate are replaced), at their first step for the others."""
+        """Load a :meth:`get_state` result and its learning rate: now for the parameters already
+        seen, at their first step for the others."""
+        first = next(iter(state_dict.values()), None)
+        if first is not None:
+            self.lr = first["param_groups"][0]["lr"]
         self._state_waiting_to_be_consumed.update(state_dict)
         store = pyro.get_param_store()
         for parameter in self.parameters:
@@ -100,8 +107,8 @@ class JointOptim(pyro.optim.PyroOptim):
                 self._load(parameter, saved)
 
     def restart(self, state_dict: dict[str, dict]) -> None:
-        """Put every parameter back to its entry of ``state_dict``, or to a fresh state where it
-        has none (rolling back to before its first step)."""
+        """Put every parameter back to its entry of ``state_dict`` (a :meth:`get_state`), or to a
+        fresh state where it has none (rolling back to before its first step)."""
         if self.optimizer is not None:
             self.optimizer.state.clear()
         self._state_waiting_to_be_consumed.clear()
@@ -122,7 +129,6 @@ class JointOptim(pyro.optim.PyroOptim):
         return {"state": {0: dict(state)} if state else {}, "param_groups": [{**options, "params": [0]}]}
 
     def _load(self, parameter: torch.Tensor, saved: dict) -> None:
-        self.lr = saved["param_groups"][0]["lr"]
         self.optimizer.state.pop(parameter, None)
         for state in saved["state"].values():
             self.optimizer.state[parameter] = {

@@ -440,7 +440,7 @@ def fit(
         if first_epoch > epochs or history.stopped_early:
             return history  # the run was complete: its parameters are the final ones
     bar = progress_bar(range(first_epoch, epochs + 1), desc="training", unit="epoch", show=progress)
-    last_good = _LastGood(svi, resume) if on_nonfinite == "rollback" else None
+    last_good = _LastGood(svi) if on_nonfinite == "rollback" else None
     for epoch in bar:
         start = time.perf_counter()
         schedule = _KLSchedule(kl_handler, beta, warmup_epochs, epoch, math.ceil(size / batch_size))
@@ -544,11 +544,9 @@ class _LastGood:
     """Every parameter in Pyro's store and the optimizer state at the end of the last completed
     epoch, to roll back to after a numerical fault."""
 
-    def __init__(self, svi: Stepper, resume: TrainingState | None) -> None:
+    def __init__(self, svi: Stepper) -> None:
         self.svi = svi
-        self.save()
-        if resume is not None:  # the resumed optimizer state waits in the optimizer until the first step
-            self.optimizer = copy.deepcopy(resume.optimizer)
+        self.save()  # after a resume, with the optimizer states still waiting for their first step
 
     def save(self) -> None:
         self.parameters = {name: value.detach().clone() for name, value in _named_parameters().items()}
@@ -558,8 +556,9 @@ class _LastGood:
         """Restore the saved state and halve the learning rate; says what it did."""
         _copy_into(self.parameters)
         optim = self.svi.optim
+        lr = optim.lr * ROLLBACK_LR_FACTOR  # the current rate: a second fault in one epoch halves it again
         optim.restart(copy.deepcopy(self.optimizer))
-        optim.lr = lr = optim.lr * ROLLBACK_LR_FACTOR
+        optim.lr = lr
         return f"rolled back to the last completed epoch with the learning rate lowered to {lr:.3g}"
 
 

@@ -140,3 +140,29 @@ def test_learning_rate_is_one_knob():
     assert optim.optimizer.param_groups[0]["lr"] == 0.005
     assert all(state["param_groups"][0]["lr"] == 0.005 for state in optim.get_state().values())
     assert isinstance(optim, JointOptim)
+
+
+def test_a_late_parameter_keeps_the_learning_rate_and_waiting_states_are_kept():
+    """After a resume, a parameter first stepped later gets its saved moments but does not reset
+    the learning rate set since; states still waiting are part of get_state and of a restart."""
+    _store_parameters()
+    saved = pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01})
+    _run(saved, 2)
+    state = copy.deepcopy(saved.get_state())
+    a, b, _ = (value for _, value in pyro.get_param_store().named_parameters())
+
+    optim = make_optimizer("adam", 0.02, None)
+    optim.set_state(state)
+    assert optim.lr == 0.01  # the resumed run's rate
+    a.grad = torch.ones_like(a)
+    optim([a])
+    optim.lr = 0.005  # a rollback since
+    assert set(optim.get_state()) == {"a", "b", "c"}
+    optim.restart(copy.deepcopy(optim.get_state()))
+    optim.lr = 0.005
+    b.grad = torch.ones_like(b)
+    optim([b])
+    assert optim.lr == 0.005 and optim.optimizer.param_groups[0]["lr"] == 0.005
+    assert optim.get_state()["b"]["state"][0]["step"].item() == 3  # two saved steps and this one
+    assert "c" in optim.get_state()
+    optim([])  # nothing to step: nothing happens

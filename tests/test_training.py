@@ -419,6 +419,38 @@ def test_rollback_recovers_from_a_numerical_fault(digits):
     assert history.val_elbo[-1] > history.val_elbo[0]  # it went on learning
 
 
+def test_each_rollback_halves_the_learning_rate_again(digits):
+    """Three faults in the same epoch (the rollback repeats it): 5e-4, 2.5e-4, 1.25e-4, each
+    from the rate in force, not from the one saved with the last completed epoch."""
+    model, guide = stock_pair()
+    faults = [0]
+
+    def faulty_model(x, y=None, size=None):
+        if faults[0] > 0 and torch.is_grad_enabled():
+            faults[0] -= 1
+            with poutine.scale(scale=float("inf")):
+                return model(x, y=y, size=size)
+        return model(x, y=y, size=size)
+
+    def fault_thrice_after_epoch_one(state):
+        if state.epoch == 1:
+            faults[0] = 3
+
+    with pytest.warns(RuntimeWarning) as caught:
+        history = pyro_vae.fit(
+            faulty_model,
+            guide,
+            digits.train_x[:256],
+            epochs=2,
+            batch_size=64,
+            validation=None,
+            on_nonfinite="rollback",
+            on_epoch_end=fault_thrice_after_epoch_one,
+        )
+    rates = [str(warning.message).rsplit(" ", 1)[-1] for warning in caught if "rolled back" in str(warning.message)]
+    assert rates == ["0.0005", "0.00025", "0.000125"] and history.rollbacks == 3
+
+
 def test_resuming_a_finished_run_changes_nothing(digits):
     model, guide = stock_pair()
     states = []
