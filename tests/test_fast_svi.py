@@ -79,6 +79,52 @@ def test_loss_and_gradients_equal_trace_elbo_on_the_same_draws(pair):
     assert not torch.isclose(FastSVI(model, guide, None).loss(x, size=SIZE), pyro_loss)
 
 
+def test_a_plate_that_draws_its_own_subsample_replays_the_guides_indices():
+    """With ``subsample_size`` the plates draw random indices; the model must see the guide's
+    (as ``poutine.replay`` gives them), or each z would be paired with another datum."""
+    pyro.clear_param_store()
+    data = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+
+    def model(x, y=None, size=None):
+        with pyro.plate("data", 100, subsample_size=4) as index:
+            z = pyro.sample("z", dist.Normal(torch.zeros(4, 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.1).to_event(1), obs=data[index])
+
+    def guide(x, y=None, size=None):
+        loc = pyro.param("loc", torch.zeros(100, 2))
+        with pyro.plate("data", 100, subsample_size=4) as index:
+            pyro.sample("z", dist.Normal(loc[index], 1.0).to_event(1))
+
+    pyro.set_rng_seed(0)
+    fast = FastSVI(model, guide, None).loss(data)
+    pyro.set_rng_seed(0)
+    assert torch.isclose(fast, Trace_ELBO().differentiable_loss(model, guide, data), rtol=1e-6)
+
+
+def test_loss_is_computed_without_distribution_validation(monkeypatch):
+    """Also for a global latent outside every plate, whose distribution reads the validation
+    setting only when its density is computed."""
+    checked = []
+    monkeypatch.setattr(
+        torch.distributions.Distribution, "_validate_sample", lambda self, value: checked.append(type(self))
+    )
+
+    def model(x, y=None, size=None):
+        noise = pyro.sample("noise", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", size, subsample=x):
+            pyro.sample("x", dist.Normal(0.0, noise).expand([len(x)]), obs=x)
+
+    def guide(x, y=None, size=None):
+        pyro.sample("noise", dist.LogNormal(pyro.param("m", torch.tensor(0.0)), 1.0))
+
+    pyro.clear_param_store()
+    assert torch.isfinite(FastSVI(model, guide, None).loss(torch.randn(5), size=5))
+    assert checked == []
+    with pyro.validation_enabled(True):
+        dist.LogNormal(0.0, 1.0).log_prob(torch.tensor(1.0))
+    assert checked  # the spy works
+
+
 def test_steps_match_pyro_svi():
     """Ten Adam steps from the same start on the same draws end at the same parameters."""
     x = torch.randn(32, 5)
