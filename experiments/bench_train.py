@@ -12,11 +12,11 @@ For transparency, (a') is (a) with the fused Adam kernel that (c) uses: (c)/(a')
 Pyro program costs over hand-written PyTorch with the same optimizer.
 
 Every method trains on minibatches drawn in a shuffled order from the same block of images and
-gathered by index, as ``fit`` does. For each batch size the methods are timed in rounds, each running every method for one block
-of steps in a fresh random order (so drift in machine load, large on shared cloud cores, hits
-all alike and no method always follows another); the median time per step and the ratios to
-(a) are printed, with the process's peak resident memory and one full MNIST epoch of (c)
-including its data handling. Ends with one ``summary:`` line.
+gathered by index, as ``fit`` does. For each batch size the methods are timed in rounds, each
+running every method for one block of steps in a fresh random order (so drift in machine load,
+large on shared cloud cores, hits all alike and no method always follows another); the median
+time per step and the ratios to (a) are printed, with the process's peak resident memory and
+one full MNIST epoch of (c) including its data handling. Ends with one ``summary:`` line.
 
     .venv/bin/python experiments/bench_train.py
 """
