@@ -166,7 +166,10 @@ class ReparameterizedNormal(dist.Normal):
     derivatives through z and through loc and scale cancel: value and gradient with respect to
     loc and scale are those of the general formula (to rounding), from three operations instead
     of seven (the guide's density is part of every training step). Any other value gets the
-    general formula. Draws are the same as :class:`torch.distributions.Normal`'s.
+    general formula. Draws are the same as :class:`torch.distributions.Normal`'s. The density of
+    the draw does not depend on z itself, so an estimator that needs ∂ log q / ∂z apart from the
+    total derivative (sticking the landing, doubly reparameterized gradients) should use torch's
+    Normal; the ELBOs of Pyro and of this package differentiate the total.
     """
 
     _latest: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, ε) of the latest rsample
