@@ -98,6 +98,15 @@ class GradientAverager:
         self._synchronized.update(id(parameter) for parameter in new)
 
 
+def leave() -> None:
+    """Leave the process group together: a barrier, then destroy it. A process that exits while
+    the group lives may abort in gloo's teardown ("terminate called without an active
+    exception", seen once in a 2-process test while rank 0 was still writing its report)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @contextmanager
 def rank_zero_first() -> Iterator[None]:
     """Rank 0 runs the block first (say, a download), then the others."""

@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         done = f"epoch {last_state[0].epoch} is saved" if last_state else "no epoch was completed"
         print(f"\ninterrupted: {done}; continue with: pyro-vae train --resume {out}", file=sys.stderr)
         return 130
+    parallel.leave()  # the report needs no other process
     if not writer:
         return 0
     try:
