@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_vae import distributed as parallel
+from pyro_vae.data import MISSING_LABEL
 from pyro_vae.device import resolve_device
 from pyro_vae.fast_svi import FastSVI, unsupported_reason
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
@@ -216,6 +217,22 @@ def _first_batch(data: Data, batch_size: int, device: torch.device) -> tuple[tor
     return x[:batch_size], None if y is None else y[:batch_size]
 
 
+def _structure_batch(
+    data: Data, first: tuple[torch.Tensor, torch.Tensor | None]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first batch, with one row of a missing label (:data:`~pyro_vae.data.MISSING_LABEL`)
+    added when it has none but the data do: a semi-supervised guide has sites (the missing
+    labels') that only such rows create, and the choice of estimator must see them."""
+    x, y = first
+    if isinstance(data, Dataset) or y is None or y.dim() != 1 or (y == MISSING_LABEL).any():
+        return first
+    all_x, all_y = _unpack(data)
+    missing = (all_y == MISSING_LABEL).nonzero()[:1, 0]
+    if len(missing) == 0:
+        return first
+    return torch.cat([x, all_x[missing]]), torch.cat([y, all_y[missing]])
+
+
 def _make_svi(
     model: Callable,
     guide: Callable,
@@ -227,7 +244,8 @@ def _make_svi(
     first_batch: tuple[torch.Tensor, torch.Tensor | None],
     gradient_hook: Callable[[list[torch.Tensor], int, torch.Tensor], torch.Tensor] | None = None,
 ) -> Stepper:
-    """:class:`FastSVI` for ``loss="auto"`` when it computes the same estimator, else Pyro's SVI."""
+    """:class:`FastSVI` for ``loss="auto"`` when it computes the same estimator, else Pyro's SVI
+    (with ``TraceEnum_ELBO`` for a guide that enumerates, ``Trace_ELBO`` otherwise)."""
     if loss != AUTO and loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {[AUTO, *sorted(LOSSES)]}")
     if loss == AUTO:
@@ -236,7 +254,7 @@ def _make_svi(
             return FastSVI(model, guide, optim, gradient_hook)
         if gradient_hook is not None:
             raise ValueError(f"distributed training needs a reparameterizable guide and one particle, but {reason}")
-        loss = "trace"
+        loss = "enum" if reason.endswith("is enumerated") else "trace"
     elbo = LOSSES[loss](
         num_particles=num_particles, vectorize_particles=vectorize_particles, max_plate_nesting=plate_nesting
     )
@@ -332,7 +350,9 @@ def fit(
     :param clip_norm: clip each parameter's gradient to this norm (Pyro clips per parameter).
     :param str loss: ``"auto"`` (the default: :class:`~pyro_vae.fast_svi.FastSVI`, the
         ``Trace_ELBO`` estimator with less work per step, when the guide is reparameterizable and
-        one particle is used; else ``"trace"``), ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
+        one particle is used; else ``"enum"`` for a guide that enumerates, ``"trace"`` otherwise; the
+        first minibatch decides, with a row of a missing label added if it has none and the data do),
+        ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
         (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL where available), ``"jit"``
         (:class:`~pyro.infer.JitTrace_ELBO`) or ``"enum"`` (:class:`~pyro.infer.TraceEnum_ELBO`:
         discrete sites marked for enumeration are summed out exactly).
@@ -419,7 +439,7 @@ def fit(
         num_particles,
         vectorize_particles,
         plate_nesting,
-        (first_x, first_y),
+        _structure_batch(train_data, (first_x, first_y)),
         averager,
     )
     if seed is not None:

@@ -193,6 +193,36 @@ def test_fit_uses_fast_svi_when_it_can_and_trace_elbo_otherwise(monkeypatch):
     assert isinstance(made[1], SVI) and isinstance(made[1].loss_and_grads.__self__, Trace_ELBO)
 
 
+def test_missing_labels_after_the_first_batch_choose_the_enumerating_elbo(monkeypatch):
+    """A semi-supervised guide enumerates the missing labels, with sites that only rows of a
+    missing label create; with every such row after the first minibatch, fit must still see
+    them and use TraceEnum_ELBO (FastSVI would sample the labels without a score term)."""
+    from pyro.infer import TraceEnum_ELBO
+
+    from pyro_vae.guides import ConditionalNormal
+    from pyro_vae.models import ConditionalVAE
+
+    made = []
+    original = pyro_vae.training._make_svi
+
+    def spy(*args):
+        made.append(original(*args))
+        return made[-1]
+
+    monkeypatch.setattr(pyro_vae.training, "_make_svi", spy)
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.rand(256, 1, 8, 8, generator=generator) > 0.5).float()
+    labels = torch.randint(3, (256,), generator=generator)
+    for last_labelled in (256, 128):
+        y = labels.clone()
+        y[last_labelled:] = -1
+        model = ConditionalVAE.build((1, 8, 8), 3, 2, [16], "mlp", "bernoulli")
+        guide = ConditionalNormal.build((1, 8, 8), 3, 2, [16], "mlp")
+        pyro_vae.fit(model, guide, (x, y), epochs=1, batch_size=128, validation=None, progress=False)
+    assert isinstance(made[0], FastSVI)  # all labelled: nothing to enumerate
+    assert isinstance(made[1], SVI) and isinstance(made[1].loss_and_grads.__self__, TraceEnum_ELBO)
+
+
 def test_a_parameter_first_used_in_a_later_step_is_trained():
     """Parameters are those that received a gradient in this step, so one that a model uses only
     now and then (and that already sits in the store) is still stepped when it is used."""
