@@ -178,22 +178,28 @@ def test_supported_pairs_have_no_reason():
     assert unsupported_reason(param_model, param_guide, torch.randn(8, 5)) is None
 
 
-def test_fit_uses_fast_svi_when_it_can_and_trace_elbo_otherwise(monkeypatch):
-    made = []
+@pytest.fixture
+def made(monkeypatch) -> list:
+    """The steppers fit makes, in order."""
+    steppers = []
     original = pyro_vae.training._make_svi
 
     def spy(*args):
-        made.append(original(*args))
-        return made[-1]
+        steppers.append(original(*args))
+        return steppers[-1]
 
     monkeypatch.setattr(pyro_vae.training, "_make_svi", spy)
+    return steppers
+
+
+def test_fit_uses_fast_svi_when_it_can_and_trace_elbo_otherwise(made):
     pyro_vae.fit(param_model, param_guide, torch.randn(64, 5), epochs=1, validation=None, progress=False)
     pyro_vae.fit(discrete_model, discrete_guide, torch.randn(64), epochs=1, validation=None, progress=False)
     assert isinstance(made[0], FastSVI)
     assert isinstance(made[1], SVI) and isinstance(made[1].loss_and_grads.__self__, Trace_ELBO)
 
 
-def test_missing_labels_after_the_first_batch_choose_the_enumerating_elbo(monkeypatch):
+def test_missing_labels_after_the_first_batch_choose_the_enumerating_elbo(made):
     """A semi-supervised guide enumerates the missing labels, with sites that only rows of a
     missing label create; with every such row after the first minibatch, fit must still see
     them and use TraceEnum_ELBO (FastSVI would sample the labels without a score term)."""
@@ -202,14 +208,6 @@ def test_missing_labels_after_the_first_batch_choose_the_enumerating_elbo(monkey
     from pyro_vae.guides import ConditionalNormal
     from pyro_vae.models import ConditionalVAE
 
-    made = []
-    original = pyro_vae.training._make_svi
-
-    def spy(*args):
-        made.append(original(*args))
-        return made[-1]
-
-    monkeypatch.setattr(pyro_vae.training, "_make_svi", spy)
     generator = torch.Generator().manual_seed(0)
     x = (torch.rand(256, 1, 8, 8, generator=generator) > 0.5).float()
     labels = torch.randint(3, (256,), generator=generator)
