@@ -40,6 +40,8 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.scoring import latent_sites, traces
 
+ENUMERATED = "is enumerated"  # how unsupported_reason ends for an enumerated guide site
+
 
 def unsupported_reason(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> str | None:
     """``None`` if :class:`FastSVI` computes ``Trace_ELBO`` for this pair, else why not (found by
@@ -51,7 +53,7 @@ def unsupported_reason(model: Callable, guide: Callable, x: torch.Tensor, y: tor
     }
     for name, site in sampled.items():
         if site["infer"].get("enumerate"):
-            return f"guide site {name!r} is enumerated"
+            return f"guide site {name!r} {ENUMERATED}"
         if not getattr(site["fn"], "has_rsample", False):
             return f"guide site {name!r} ({type(site['fn']).__name__}) has no reparameterized sampler"
     missing = set(latent_sites(model_trace)) - set(latent_sites(guide_trace))

@@ -40,8 +40,8 @@ class JointOptim(pyro.optim.PyroOptim):
 
     :class:`~pyro.optim.PyroOptim` gives each parameter tensor an optimizer of its own and steps
     them one after another: for the eight tensors of an MLP VAE, eight passes through torch's
-    optimizer machinery per step (1.4 ms of a 15 ms step at batch 128 on this project's 2-core
-    CPU). Here one optimizer steps all of them in one call, a single kernel launch with
+    optimizer machinery per step (3.2 ms of a 15 ms step at batch 128 on an AVX2 2-core CPU,
+    against 1.9 ms for one call). Here one optimizer steps all of them in one call, a single kernel launch with
     :class:`FusedAdam`. For optimizers whose update is elementwise with a state per tensor (Adam,
     Pyro's ClippedAdam) that is the same update, step for step.
 
@@ -100,11 +100,8 @@ class JointOptim(pyro.optim.PyroOptim):
         if first is not None:
             self.lr = first["param_groups"][0]["lr"]
         self._state_waiting_to_be_consumed.update(state_dict)
-        store = pyro.get_param_store()
         for parameter in self.parameters:
-            saved = self._state_waiting_to_be_consumed.pop(store.param_name(parameter), None)
-            if saved is not None:
-                self._load(parameter, saved)
+            self._load_waiting(parameter)
 
     def restart(self, state_dict: dict[str, dict]) -> None:
         """Put every parameter back to its entry of ``state_dict`` (a :meth:`get_state`), or to a
@@ -119,16 +116,18 @@ class JointOptim(pyro.optim.PyroOptim):
             self.optimizer = self.pt_optim_constructor([parameter], **self.pt_optim_args)
         self.parameters.append(parameter)
         self._adopted.add(parameter)
-        saved = self._state_waiting_to_be_consumed.pop(pyro.get_param_store().param_name(parameter), None)
-        if saved is not None:
-            self._load(parameter, saved)
+        self._load_waiting(parameter)
 
     def _state_dict(self, parameter: torch.Tensor) -> dict:
         options = {key: value for key, value in self.optimizer.param_groups[0].items() if key != "params"}
         state = self.optimizer.state.get(parameter)
         return {"state": {0: dict(state)} if state else {}, "param_groups": [{**options, "params": [0]}]}
 
-    def _load(self, parameter: torch.Tensor, saved: dict) -> None:
+    def _load_waiting(self, parameter: torch.Tensor) -> None:
+        """Give ``parameter`` its state waiting from :meth:`set_state`, if there is one."""
+        saved = self._state_waiting_to_be_consumed.pop(pyro.get_param_store().param_name(parameter), None)
+        if saved is None:
+            return
         self.optimizer.state.pop(parameter, None)
         for state in saved["state"].values():
             self.optimizer.state[parameter] = {

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyro
-import pyro.optim
 import torch
 from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from pyro_vae import distributed as parallel
 from pyro_vae.data import MISSING_LABEL
 from pyro_vae.device import resolve_device
-from pyro_vae.fast_svi import FastSVI, unsupported_reason
+from pyro_vae.fast_svi import ENUMERATED, FastSVI, unsupported_reason
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.optim import JointOptim, make_optimizer
 from pyro_vae.progress import progress_bar
@@ -254,7 +253,7 @@ def _make_svi(
             return FastSVI(model, guide, optim, gradient_hook)
         if gradient_hook is not None:
             raise ValueError(f"distributed training needs a reparameterizable guide and one particle, but {reason}")
-        loss = "enum" if reason.endswith("is enumerated") else "trace"
+        loss = "enum" if reason.endswith(ENUMERATED) else "trace"
     elbo = LOSSES[loss](
         num_particles=num_particles, vectorize_particles=vectorize_particles, max_plate_nesting=plate_nesting
     )
