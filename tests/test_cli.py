@@ -386,6 +386,16 @@ def test_two_process_training_matches_one_process(tmp_path):
             assert difference.max() < 1e-2, name
 
 
-def test_distributed_needs_torchrun(tmp_path):
-    result = pyro_vae("train", "--epochs", "1", "--distributed", "--out", str(tmp_path / "run"))
-    assert result.returncode != 0 and "torchrun" in result.stderr
+def test_distributed_needs_torchrun(tmp_path, monkeypatch, capsys):
+    """Without torchrun's environment, --distributed is a user error: one line naming the command
+    to run instead, exit status 2, no traceback."""
+    from pyro_vae.cli import main
+
+    for variable in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+    status = main(["train", "--epochs", "1", "--distributed", "--quiet", "--out", str(tmp_path / "run")])
+    stderr = capsys.readouterr().err
+    assert status == 2
+    assert stderr.startswith("pyro-vae train: error: ") and stderr.count("\n") == 1
+    assert "torchrun --nproc_per_node=N -m pyro_vae train ... --distributed" in stderr
+    assert not (tmp_path / "run").exists()

@@ -147,6 +147,19 @@ def _arguments(args: argparse.Namespace) -> dict:
     return {key: value for key, value in vars(args).items() if key not in ("command", "command_name", "resume")}
 
 
+def _check_launch(args: argparse.Namespace) -> None:
+    """Refuse ``--distributed`` outside the processes ``torchrun`` starts, and several such
+    processes without it (each would write the whole run)."""
+    if args.distributed and not (parallel.launched_by_torchrun() or torch.distributed.is_initialized()):
+        command = f"--resume {args.resume}" if args.resume else "... --distributed"
+        raise ValueError(
+            "--distributed trains in the processes torchrun starts; run: "
+            f"torchrun --nproc_per_node=N -m pyro_vae train {command}"
+        )
+    if not args.distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("started by torchrun with several processes but without --distributed; add --distributed")
+
+
 def run(args: argparse.Namespace) -> int:
     checkpoint = None
     if args.resume:
@@ -155,11 +168,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}")
         _check_out_dir(out, args.overwrite)
+    _check_launch(args)
     device = resolve_device(args.device)
     if args.distributed:
         device = parallel.initialize(device)
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("started by torchrun with several processes but without --distributed; add --distributed")
     writer = parallel.is_writer()
     with parallel.rank_zero_first():  # a download happens once
         data = load_dataset(args.dataset, args.data_dir, args.download)
