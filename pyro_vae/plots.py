@@ -1,6 +1,9 @@
 """Figures a person would rather look at than read: training curves, image grids, novelty.
 
-Everything is drawn with matplotlib's file-only ``Agg`` backend and written as PNG.
+Every figure is a :class:`matplotlib.figure.Figure` of its own, outside pyplot's state, written
+as PNG by :meth:`~matplotlib.figure.Figure.savefig` (which draws with the Agg canvas for PNG
+whatever the backend): nothing here selects a backend or opens a window, so importing and
+plotting work headless and leave the caller's matplotlib configuration as it was.
 """
 
 from __future__ import annotations
@@ -9,27 +12,24 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from pyro_vae.training import History
 
 
-def _save(figure: plt.Figure, path: str | Path) -> Path:
+def _save(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
     return path
 
 
 def plot_history(history: History, path: str | Path, title: str = "Training") -> Path:
     """ELBO per datum against epoch, training objective and validation ELBO."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     axes.plot(history.epoch, history.train_elbo, label="training (minibatch average)", color="tab:blue")
     if not all(math.isnan(v) for v in history.val_elbo):
         axes.plot(history.epoch, history.val_elbo, label="validation", color="tab:orange")
@@ -63,13 +63,8 @@ def image_grid(
     rows = math.ceil(count / columns)
     height, width = pictures.shape[1:3]
     cell = 0.9 if captions is None else 1.4
-    figure, axes_grid = plt.subplots(
-        rows,
-        columns,
-        figsize=(columns * cell * width / max(height, width), rows * cell + 0.4),
-        squeeze=False,
-        layout="constrained",
-    )
+    figure = Figure(figsize=(columns * cell * width / max(height, width), rows * cell + 0.4), layout="constrained")
+    axes_grid = figure.subplots(rows, columns, squeeze=False)
     for index, axes in enumerate(axes_grid.flat):
         axes.axis("off")
         if index < count:
@@ -84,13 +79,9 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, 
     """Originals in the top row of each pair, their reconstructions underneath."""
     count = len(originals)
     columns = min(count, 10)
-    figure, axes_grid = plt.subplots(
-        2 * math.ceil(count / columns),
-        columns,
-        figsize=(columns * 1.0, 2.0 * math.ceil(count / columns) + 0.4),
-        layout="constrained",
-    )
-    axes_grid = np.atleast_2d(axes_grid)
+    pairs = math.ceil(count / columns)
+    figure = Figure(figsize=(columns * 1.0, 2.0 * pairs + 0.4), layout="constrained")
+    axes_grid = figure.subplots(2 * pairs, columns, squeeze=False)
     for index, (original, reconstruction) in enumerate(
         zip(_as_images(originals), _as_images(reconstructions), strict=True)
     ):
@@ -111,12 +102,13 @@ def score_histogram(
     scores: np.ndarray, path: str | Path, title: str, marked: np.ndarray | None = None, label: str = "log p(x)"
 ) -> Path:
     """Histogram of per-datum scores; ``marked`` scores (e.g. the most novel) as red ticks."""
-    figure, axes = plt.subplots(figsize=(6, 3.5))
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
     axes.hist(scores, bins=min(60, max(10, len(scores) // 10)), color="tab:blue", alpha=0.8)
     if marked is not None:
         for index, value in enumerate(marked):
-            label = f"the {len(marked)} most novel" if index == 0 else None
-            axes.axvline(value, color="tab:red", alpha=0.6, linewidth=1, label=label)
+            legend = f"the {len(marked)} most novel" if index == 0 else None
+            axes.axvline(value, color="tab:red", alpha=0.6, linewidth=1, label=legend)
         axes.legend()
     axes.set_xlabel(f"{label} per datum (nats); lower = more novel")
     axes.set_ylabel("count")
@@ -130,7 +122,8 @@ def reference_histogram(
 ) -> Path:
     """Training (reference) scores against new scores, as densities on shared bins, with the
     novelty threshold."""
-    figure, axes = plt.subplots(figsize=(6.5, 3.8))
+    figure = Figure(figsize=(6.5, 3.8))
+    axes = figure.subplots()
     finite = np.concatenate([reference, scores])
     low, high = np.percentile(finite, [0.5, 100])
     bins = np.linspace(min(low, threshold), high, 60)
@@ -157,7 +150,8 @@ def roc_curve(novel: np.ndarray, novelty: np.ndarray, path: str | Path, title: s
 
     false_positive, true_positive, _ = curve(novel, novelty)
     auroc = float(roc_auc_score(novel, novelty))
-    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    figure = Figure(figsize=(4.5, 4.5))
+    axes = figure.subplots()
     axes.plot(false_positive, true_positive, color="tab:blue", label=f"AUROC {auroc:.3f}")
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
     axes.set_xlabel("false positive rate (normal data flagged)")
@@ -177,7 +171,8 @@ def scatter(
     axis_labels: tuple[str, str] = ("z₁", "z₂"),
 ) -> Path:
     """2-D points, coloured by integer labels with a legend (or plain without labels)."""
-    figure, axes = plt.subplots(figsize=(6, 5.5))
+    figure = Figure(figsize=(6, 5.5))
+    axes = figure.subplots()
     if labels is None:
         axes.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
     else:
