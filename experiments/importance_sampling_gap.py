@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/importance_sampling_gap")
     args = parser.parse_args()
 
+    started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.dataset, args.data_dir)
@@ -74,8 +75,11 @@ def main() -> None:
     )
     gap = rows[-1][1] - rows[0][1]
     print(f"wrote {out / 'is_gap.png'} and {out / 'results.md'}")
+    estimates = " ".join(f"is_k{count}={value:.3f}" for count, value, _ in rows[1:])
+    minutes = (time.perf_counter() - started) / 60
     print(
-        f"summary: elbo={rows[0][1]:.3f} is_k5000={rows[-1][1]:.3f} gap={gap:.3f} train_seconds={history.wall_time:.1f}"
+        f"summary: elbo={rows[0][1]:.3f} {estimates} gap={gap:.3f} train_seconds={history.wall_time:.1f} "
+        f"minutes={minutes:.1f}"
     )
 
 

@@ -209,6 +209,7 @@ def main() -> None:
         "",
         "![toy points](toy.png)",
     ]
+    mnist_summary = ""
     if not args.skip_mnist:
         lines += [
             "",
@@ -217,9 +218,18 @@ def main() -> None:
             "| latent | method | principal angles to PCA's subspace: largest, median | test reconstruction MSE |",
             "| ---: | --- | ---: | ---: |",
         ]
-        for row in mnist(args):
+        rows = mnist(args)
+        for row in rows:
             angles = f"{row['angle']:.1f}°, {row['median_angle']:.1f}°"
             lines.append(f"| {row['k']} | {row['method']} | {angles} | {row['mse']:.4f} |")
+        pca_mse = {row["k"]: row["mse"] for row in rows if row["method"] == "PCA"}
+        learned = [row for row in rows if row["method"] != "PCA"]
+        largest = [row["angle"] for row in learned]
+        excess = max(100 * (row["mse"] / pca_mse[row["k"]] - 1) for row in learned)
+        mnist_summary = (
+            f" mnist_largest_angle_min_deg={min(largest):.1f} mnist_largest_angle_max_deg={max(largest):.1f}"
+            f" mnist_mse_excess_max_pct={excess:.2f}"
+        )
     minutes = (time.perf_counter() - started) / 60
     lines += ["", f"Wall time {minutes:.1f} min."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -227,7 +237,9 @@ def main() -> None:
     codes = ",".join(f"{value:.2f}" for value in results["pca_codes"])
     print(
         f"summary: linear_vae_angle_deg={results['normal']['angle']:.2f} pca_codes={codes} "
-        f"autoencoder_angle_deg={results['delta']['angle']:.2f} minutes={minutes:.1f}"
+        f"autoencoder_angle_deg={results['delta']['angle']:.2f} linear_vae_length={results['normal']['length']:.3f} "
+        f"ppca_length={expected_length:.3f} autoencoder_length={results['delta']['length']:.3f}{mnist_summary} "
+        f"minutes={minutes:.1f}"
     )
 
 
