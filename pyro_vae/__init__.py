@@ -9,11 +9,14 @@ size=None)`` and ``guide(x, y=None, size=None)`` keep every per-datum sample sit
 - :func:`save_checkpoint` / :func:`load_checkpoint` store and restore (:mod:`pyro_vae.checkpoint`);
 - :class:`NoveltyDetector` scores tables by log p(x), scikit-learn style (:mod:`pyro_vae.novelty`).
 
-Stock models and guides are in :mod:`pyro_vae.models` and :mod:`pyro_vae.guides`.
+Stock models and guides are in :mod:`pyro_vae.models` and :mod:`pyro_vae.guides`; they are built
+on the core, which never imports them. Applications built from stock parts sit above both: the
+command line (:mod:`pyro_vae.cli`, with ``python -m pyro_vae``) and the novelty detector
+(:mod:`pyro_vae.novelty`). ``NoveltyDetector`` is therefore imported from here on first use, not
+by ``import pyro_vae``.
 """
 
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
-from pyro_vae.novelty import NoveltyDetector
 from pyro_vae.scoring import elbo, log_likelihood, log_weights
 from pyro_vae.training import History, fit
 
@@ -28,3 +31,13 @@ __all__ = [
     "log_weights",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> type:
+    """``pyro_vae.NoveltyDetector``: the application in :mod:`pyro_vae.novelty`, imported when it
+    is first asked for, so that the core does not import the stock models it is built from."""
+    if name == "NoveltyDetector":
+        from pyro_vae.novelty import NoveltyDetector
+
+        return NoveltyDetector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,13 @@ Each score comes with the Pareto-k̂ of its importance weights (:mod:`pyro_vae.d
 an empirical tail probability against the training scores; :meth:`NoveltyDetector.save` and
 :meth:`NoveltyDetector.load` keep a fitted detector in one checkpoint file that loads without
 running code.
+
+This module is an application built from stock parts, above the core: it builds its members
+from :class:`pyro_vae.models.VAE` and :class:`pyro_vae.guides.AmortizedNormal`, as the command
+line (:mod:`pyro_vae.cli`) builds its runs, so the core (every other module of ``pyro_vae``
+but ``__main__``) imports neither it nor the stock parts. It stays at ``pyro_vae.novelty``, and
+``from pyro_vae import NoveltyDetector`` imports it on first use (``pyro_vae.__getattr__``);
+``tests/test_layering.py`` holds both layers to that.
 """
 
 from __future__ import annotations
