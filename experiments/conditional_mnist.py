@@ -170,9 +170,15 @@ def main() -> None:
     minutes = (time.perf_counter() - started) / 60
     print(f"wrote {out}/class_grid.png, style_transfer.png, results.md; total {minutes:.1f} min")
     m2_100 = results.get("m2_100", {}).get("acc", float("nan"))
+    m2 = " ".join(
+        f"m2_acc_{name[3:]}" + ("_per_class" if name != "m2_all" else "") + f"={result['acc']:.4f}"
+        for name, result in results.items()
+        if name.startswith("m2_") and name != "m2_100"
+    )
     print(
         f"summary: gen_classifier_acc={sup['gen_classifier_acc']:.4f} m2_acc_100_per_class={m2_100:.4f} "
-        f"class_consistency={sup['class_consistency']:.4f}"
+        f"class_consistency={sup['class_consistency']:.4f} {m2} test_log_px={sup['log_px']:.2f} "
+        f"best_epoch={sup['best_epoch']} minutes={minutes:.1f}"
     )
 
 

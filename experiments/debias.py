@@ -96,9 +96,10 @@ def main() -> None:
     lines += ["", "![uniform vs resampled](debias.png)", "", f"Wall time {minutes:.1f} min."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    per_dim = " ".join(f"thin_share_d{dim}={shares[dim, alpha]:.4f}" for dim in args.latent_dims)
     print(
         f"summary: thin_share_uniform={is_thin.float().mean():.4f} thin_share_debiased={shares[best_dim, alpha]:.4f} "
-        f"latent_dim={best_dim} alpha={alpha:g} minutes={minutes:.1f}"
+        f"latent_dim={best_dim} alpha={alpha:g} {per_dim} minutes={minutes:.1f}"
     )
 
 

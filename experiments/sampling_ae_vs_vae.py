@@ -102,9 +102,11 @@ def main() -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     ae, vae = rows["autoencoder, decoded z ~ N(0, I)"], rows["VAE, decoded z ~ N(0, I)"]
+    real = rows["real test digits"]
     print(
         f"summary: vae_confident_share={vae[1]:.3f} ae_confident_share={ae[1]:.3f} "
-        f"vae_mean_confidence={vae[0]:.3f} ae_mean_confidence={ae[0]:.3f} minutes={minutes:.1f}"
+        f"vae_mean_confidence={vae[0]:.3f} ae_mean_confidence={ae[0]:.3f} real_confident_share={real[1]:.3f} "
+        f"real_mean_confidence={real[0]:.3f} judge_accuracy={accuracy:.3f} minutes={minutes:.1f}"
     )
 
 
