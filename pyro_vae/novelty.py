@@ -111,7 +111,8 @@ class NoveltyDetector:
     :param float contamination: the expected fraction of outliers in the training data; sets
         ``offset_``.
     :param df: degrees of freedom of the Student-t for continuous columns (``None``: Gaussian).
-    :param random_state: seed for the networks, training and scoring.
+    :param random_state: seed for the networks, training and scoring (the global generators are
+        left as they were; without it, fit draws a seed from torch's).
     :param str device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     :param float trim: the fraction of training rows with the lowest log p(x) that each member
         leaves out of the second half of its training (``0``: none); see :meth:`fit`.
@@ -182,6 +183,17 @@ class NoveltyDetector:
         latent, hidden, epochs = self._sizes(*x.shape)
         seed = self.random_state if self.random_state is not None else int(torch.randint(2**31, ()).item())
         self.latent_dim_, self.hidden_ = latent, hidden
+        outside = rng_state()  # each member is seeded; the caller's generators are left as they were
+        try:
+            self._fit_members(x, epochs, seed)
+        finally:
+            set_rng_state(outside)
+        self.train_scores_ = np.sort(self._score(x).log_likelihood)
+        self.offset_ = float(np.quantile(self.train_scores_, self.contamination))
+        return self
+
+    def _fit_members(self, x: torch.Tensor, epochs: int, seed: int) -> None:
+        """Build and train the members, member ``m`` seeded with ``seed + m``."""
         validation = _validation(len(x)) or None
         self.models_, self.guides_, self.history_ = nn.ModuleList(), nn.ModuleList(), []
         for member in range(self.members):
@@ -190,9 +202,6 @@ class NoveltyDetector:
             self.history_.append(self._train_member(model, guide, x, epochs, validation, seed + member))
             self.models_.append(model)
             self.guides_.append(guide)
-        self.train_scores_ = np.sort(self._score(x).log_likelihood)
-        self.offset_ = float(np.quantile(self.train_scores_, self.contamination))
-        return self
 
     def _train_member(
         self, model: VAE, guide: AmortizedNormal, x: torch.Tensor, epochs: int, validation: float | None, seed: int

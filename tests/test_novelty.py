@@ -74,6 +74,22 @@ def test_same_random_state_same_scores():
     assert np.array_equal(first, second)
 
 
+def test_fitting_leaves_the_callers_random_state_alone():
+    """Each member is seeded with random_state + m; the global generators continue afterwards
+    as if fit had not run (it once left them reseeded with the last member's seed)."""
+    import random
+
+    import torch
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    expected = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    NoveltyDetector(members=2, epochs=1, num_samples=2, random_state=0, trim=0).fit(messy_table(60, seed=2))
+    actual = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(actual[0], expected[0]) and np.array_equal(actual[1], expected[1])
+    assert actual[2] == expected[2]
+
+
 def test_bad_input_is_named(fitted):
     table = messy_table(100, seed=6)
     table[[3, 8], 2] = np.nan
