@@ -1,0 +1,352 @@
+"""Pyro programs as they are written: calling them, and inspecting them once.
+
+pyro_vae calls every model and guide as ``program(x, y, size=N)``: the data, the labels and the
+number of data the data plate stands for. Programs written for Pyro take what they need of that:
+``model(x)``, ``model(xs, ys=None)``, ``forward(self, x, y=None, size=None)``. :func:`bind` reads
+the signature once and returns a callable with pyro_vae's signature that passes each argument
+only where the program has a place for it. A program without a ``size`` parameter (its plate is
+``pyro.plate("data", len(x))`` or ``pyro.plate("data")``) gets what the plate's ``size`` would
+have done: the densities of the sites inside the data plate are scaled by ``N / len(x)``, as
+:class:`pyro.infer.SVI` needs for a minibatch (Hoffman et al. 2013); sites outside it are not.
+
+:func:`inspect_pair` traces a model/guide pair once on a batch and returns what training, scoring
+and the latent tools need to know about it (:class:`Inspection`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoGuide
+from pyro.poutine.messenger import Messenger, unwrap
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from pyro_vae.convention import DATA_PLATE, DEFAULT, OBSERVED_SITE, Convention
+
+SIZE = "size"
+LABELS = "y"
+
+
+class _ScaleToData(Messenger):
+    """Scale the sites inside the data plate by ``size / rows`` unless the plate already has
+    ``size`` data (as ``pyro.plate(name, size, subsample=x)`` does)."""
+
+    def __init__(self, plate: str, size: int, rows: int) -> None:
+        super().__init__()
+        self.plate, self.size, self.factor = plate, size, size / rows
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] != "sample":
+            return
+        frame = data_frame(msg, self.plate)
+        if frame is not None and frame.size != self.size:
+            msg["scale"] = self.factor * msg["scale"]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A program with pyro_vae's calling convention ``bound(x, y=None, size=None)``.
+
+    :param program: the model or guide as written.
+    :param str labels: how it takes labels: ``"keyword"`` (a parameter named ``y``, or
+        ``**kwargs``), ``"positional"`` (its second positional parameter, as in ``model(xs, ys)``)
+        or ``"none"``.
+    :param bool takes_size: whether it has a ``size`` parameter (or ``**kwargs``).
+    :param str data_plate: the plate to scale to ``size`` data when it does not take ``size``.
+    """
+
+    program: Callable
+    labels: str
+    takes_size: bool
+    data_plate: str = DATA_PLATE
+
+    def __call__(self, x: torch.Tensor | None, y: torch.Tensor | None = None, size: int | None = None):
+        args: list = [x]
+        kwargs: dict = {}
+        if y is not None:
+            if self.labels == "none":
+                raise TypeError(f"{_name(self.program)} takes no labels, but labels y were given")
+            if self.labels == "positional":
+                args.append(y)
+            else:
+                kwargs[LABELS] = y
+        if size is None or self.takes_size:
+            if size is not None:
+                kwargs[SIZE] = size
+            return self.program(*args, **kwargs)
+        rows = x.shape[0] if x is not None else size
+        if rows == size:
+            return self.program(*args, **kwargs)
+        with _ScaleToData(self.data_plate, size, rows):
+            return self.program(*args, **kwargs)
+
+
+def _name(program: Callable) -> str:
+    return getattr(unwrap(program), "__qualname__", type(program).__name__)
+
+
+def _signature(program: Callable) -> inspect.Signature | None:
+    target = unwrap(program)
+    if isinstance(target, nn.Module):
+        target = target.forward
+    try:
+        return inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin or C callable: call it with everything
+        return None
+
+
+def bind(program: Callable, data_plate: str = DATA_PLATE) -> Bound:
+    """``program`` with pyro_vae's calling convention (returned unchanged if it already is one)."""
+    if isinstance(program, Bound):
+        return program
+    signature = _signature(program)
+    if signature is None:
+        return Bound(program, "keyword", True, data_plate)
+    parameters = list(signature.parameters.values())
+    var_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    names = {p.name for p in parameters}
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if LABELS in names or (var_keyword and len(positional) < 2):
+        labels = "keyword"
+    elif len(positional) >= 2 and positional[1].name != SIZE:
+        labels = "positional"
+    else:
+        labels = "none"
+    return Bound(program, labels, SIZE in names or var_keyword, data_plate)
+
+
+def data_frame(site: dict, plate: str):
+    """The vectorized frame of the plate named ``plate`` around ``site``, or ``None``."""
+    for frame in site["cond_indep_stack"]:
+        if frame.name == plate and frame.vectorized:
+            return frame
+    return None
+
+
+def sample_sites(trace: Trace) -> dict[str, dict]:
+    """The sample sites of a trace other than the plates' subsample sites, by name."""
+    return {
+        name: site for name, site in trace.nodes.items() if site["type"] == "sample" and not site_is_subsample(site)
+    }
+
+
+def latent_sites(trace: Trace) -> dict[str, dict]:
+    """The latent (unobserved, non-auxiliary) sample sites of a trace, by name."""
+    return {
+        name: site
+        for name, site in sample_sites(trace).items()
+        if not site["is_observed"] and not site["infer"].get("is_auxiliary")
+    }
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What one trace of a model/guide pair on a batch of data tells, for every part of pyro_vae
+    that needs it: which site observes the data, how deep the plates nest, which latent sites are
+    per-datum and which global, which parameters the pair owns, and the likelihood's support.
+
+    Made by :func:`inspect_pair`; ``model_trace`` and ``guide_trace`` are the traces themselves
+    (the model replaying the guide), for estimators that check more.
+    """
+
+    model: Bound
+    guide: Bound
+    convention: Convention
+    observed_site: str
+    plate_nesting: int
+    local_latents: tuple[str, ...]
+    global_latents: tuple[str, ...]
+    model_latents: tuple[str, ...]
+    parameter_names: frozenset[str]
+    support: constraints.Constraint | None
+    family: str
+    model_trace: Trace
+    guide_trace: Trace
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """The pair's (unconstrained) tensors in Pyro's parameter store, by name."""
+        store = pyro.get_param_store()
+        return {name: store._params[name] for name in sorted(self.parameter_names) if name in store._params}
+
+    def check_support(self, x: torch.Tensor) -> None:
+        """Raise a clear error when ``x`` lies outside the support of the model's likelihood
+        (nothing is checked when the program built its likelihood with ``validate_args=False``)."""
+        if self.support is not None:
+            check_support(self.support, x, self.family)
+
+    def require_guide_covers_model(self) -> None:
+        """Scores need every latent site of the model sampled by the guide."""
+        missing = set(self.model_latents) - set(self.local_latents) - set(self.global_latents)
+        if missing:
+            raise ValueError(
+                f"latent sites {sorted(missing)} of the model are not sampled by the guide; a score needs a "
+                "proposal for each (add them to the guide)"
+            )
+
+
+def check_support(support: constraints.Constraint, data: torch.Tensor, family: str = "") -> None:
+    """Raise a clear :class:`ValueError` if any of ``data`` lies outside ``support``."""
+    inside = support.check(data)
+    if inside.all():
+        return
+    outside = data[~inside] if inside.shape == data.shape else data.reshape(-1)[:0]
+    examples = f", e.g. the values {sorted(set(outside[:1000].tolist()))[:5]}" if outside.numel() else ""
+    raise ValueError(
+        f"the data lie outside the support of the model's likelihood{' ' + family if family else ''} "
+        f"({support}){examples}; "
+        "binarize them (e.g. x > 0.5) or choose a likelihood for these values (continuous-bernoulli for [0, 1], "
+        "gaussian for any real); a program that means to score such values builds its likelihood with "
+        "validate_args=False"
+    )
+
+
+def _trace_pair(model: Bound, guide: Bound, x, y, size) -> tuple[Trace, Trace, Trace]:
+    with poutine.block(), poutine.trace(param_only=True) as params:
+        guide_trace = poutine.trace(guide).get_trace(x, y, size=size)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y, size=size)
+    return model_trace, guide_trace, params.trace
+
+
+def _stale_parameters(params: Trace) -> list[str]:
+    """Names whose stored tensor is not the ``nn.Parameter`` the program registers under them: a
+    previous model's left in Pyro's store (``pyro.module`` would hand SVI the old tensor)."""
+    return [
+        name
+        for name, site in params.nodes.items()
+        if len(site["args"]) > 1
+        and isinstance(site["args"][1], nn.Parameter)
+        and site["value"].unconstrained() is not site["args"][1]
+    ]
+
+
+def _traces_owning_parameters(model: Bound, guide: Bound, x, y, size) -> tuple[Trace, Trace, Trace]:
+    store = pyro.get_param_store()
+    for attempt in range(2):
+        traced = _trace_pair(model, guide, x, y, size)
+        stale = _stale_parameters(traced[2])
+        if not stale:
+            return traced
+        if attempt == 1:
+            names = [name.replace("$$$", ".") for name in stale]
+            raise ValueError(
+                f"parameter names {names} are used by two different tensors (do the model and the guide "
+                "have submodules with the same attribute name?); give them distinct names"
+            )
+        for name in stale:
+            del store[name]
+    raise AssertionError("unreachable")
+
+
+def observed_site(model_trace: Trace, convention: Convention = DEFAULT, exclude: str | None = None) -> str:
+    """The name of the model's site that observes the data (see :class:`~pyro_vae.convention.Convention`)."""
+    if convention.observed_site is not None:
+        name = convention.observed_site
+        site = model_trace.nodes.get(name)
+        if site is None or site["type"] != "sample" or not site["is_observed"]:
+            raise ValueError(f"the model has no observed sample site named {name!r}")
+        return name
+    observed = [
+        name
+        for name, site in sample_sites(model_trace).items()
+        if site["is_observed"]
+        and not site["infer"].get("is_auxiliary")
+        and name not in (convention.label_site, exclude)
+    ]
+    if OBSERVED_SITE in observed:
+        return OBSERVED_SITE
+    if len(observed) == 1:
+        return observed[0]
+    raise ValueError(
+        f"cannot tell which observed site of the model holds the data (observed sites: {observed}); "
+        "name it with convention=Convention(observed_site=...)"
+    )
+
+
+def _plate_nesting(*traces: Trace) -> int:
+    dims = [
+        -frame.dim
+        for trace in traces
+        for site in sample_sites(trace).values()
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return max(dims, default=1)
+
+
+def _likelihood_support(site: dict) -> tuple[constraints.Constraint | None, str]:
+    """The support to check the data against and the family's name; ``None`` when the program
+    turned validation off for its likelihood or the support depends on the parameters."""
+    fn = site["fn"]
+    while isinstance(fn, (dist.Independent, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    if fn._validate_args is False or constraints.is_dependent(fn.support):
+        return None, type(fn).__name__
+    return fn.support, type(fn).__name__
+
+
+def _check_amortized(guide: Bound, local_latents: tuple[str, ...]) -> None:
+    target = unwrap(guide.program)
+    if isinstance(target, AutoGuide) and local_latents:
+        raise TypeError(
+            f"{type(target).__name__} is not amortized: it learns one q(z) per training row and cannot score "
+            "new data; use pyro_vae.guides.AutoAmortizedNormal(model), which encodes every datum with one network"
+        )
+
+
+def inspect_pair(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    size: int | None = None,
+    convention: Convention | None = None,
+) -> Inspection:
+    """Trace ``guide`` and ``model`` (replaying the guide) once on the batch ``x``, ``y`` with
+    ``size`` data (default ``len(x)``) and return the :class:`Inspection`.
+
+    The draws come from a fork of torch's random state: the caller's random stream is left as it
+    was. Entries of Pyro's parameter store that belong to a previous program with the same names
+    are replaced by the pair's own tensors.
+    """
+    convention = convention or DEFAULT
+    model, guide = bind(model, convention.data_plate), bind(guide, convention.data_plate)
+    size = x.shape[0] if size is None else size
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        model_trace, guide_trace, params = _traces_owning_parameters(model, guide, x, y, size)
+    observed = observed_site(model_trace, convention)
+    if data_frame(model_trace.nodes[observed], convention.data_plate) is None:
+        plates = sorted({f.name for f in model_trace.nodes[observed]["cond_indep_stack"]})
+        raise ValueError(
+            f"the model's observed site {observed!r} is not inside a vectorized pyro.plate({convention.data_plate!r}, "
+            f"...) (its plates: {plates}); put the per-datum sites in that plate or name the plate with "
+            "convention=Convention(data_plate=...)"
+        )
+    latents = latent_sites(guide_trace)
+    local = tuple(name for name, site in latents.items() if data_frame(site, convention.data_plate) is not None)
+    _check_amortized(guide, local)
+    support, family = _likelihood_support(model_trace.nodes[observed])
+    return Inspection(
+        model=model,
+        guide=guide,
+        convention=convention,
+        observed_site=observed,
+        plate_nesting=_plate_nesting(model_trace, guide_trace),
+        local_latents=local,
+        global_latents=tuple(name for name in latents if name not in local),
+        model_latents=tuple(latent_sites(model_trace)),
+        parameter_names=frozenset(params.nodes),
+        support=support,
+        family=family,
+        model_trace=model_trace,
+        guide_trace=guide_trace,
+    )
