@@ -10,8 +10,10 @@ log p(x | y = c). Then
     \\log p(x) = \\operatorname{logsumexp}_c [\\log p(y = c) + \\log p(x \\mid y = c)], \\qquad
     p(y = c \\mid x) = \\exp[\\log p(y = c) + \\log p(x \\mid y = c) - \\log p(x)].
 
-The model must observe the label at a site named ``"y"`` inside the ``"data"`` plate, as
-:class:`pyro_vae.models.ConditionalVAE` does.
+The model must have a label site (``"y"``, or :attr:`~pyro_vae.convention.Convention.label_site`)
+inside the data plate, as :class:`pyro_vae.models.ConditionalVAE` and Pyro's M2 example do; the
+labels are given to it in the encoding its label prior uses: class indices for a ``Categorical``,
+one-hot rows for a ``OneHotCategorical`` (read off the prior once).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
+from pyro_vae.convention import DEFAULT, Convention
+from pyro_vae.program import bind
 from pyro_vae.scoring import DEFAULT_MAX_BATCH, log_likelihood
-
-LABEL_SITE = "y"
 
 
 class _LeaveOut(Messenger):
@@ -40,25 +42,54 @@ class _LeaveOut(Messenger):
             msg["mask"] = False
 
 
-def given_labels(model: Callable) -> Callable:
+def given_labels(model: Callable, label_site: str = DEFAULT.label_site) -> Callable:
     """The model's density of everything but the label: scores of it are log p(x | y)."""
+    bound = bind(model)
 
-    def conditioned(*args, **kwargs):
-        with _LeaveOut({LABEL_SITE}):
-            return model(*args, **kwargs)
+    def conditioned(x, y=None, size=None):
+        with _LeaveOut({label_site}):
+            return bound(x, y, size=size)
 
     return conditioned
 
 
+@dataclass(frozen=True)
+class LabelPrior:
+    """The model's prior over labels, read off its label site: ``log_prior`` is log p(y = c),
+    ``[C]``; ``one_hot`` says whether the model takes labels as one-hot rows."""
+
+    log_prior: torch.Tensor
+    one_hot: bool
+
+    def labels(self, label: int, rows: int, x: torch.Tensor) -> torch.Tensor:
+        """``rows`` copies of the class ``label`` in the model's encoding."""
+        if not self.one_hot:
+            return torch.full((rows,), label, dtype=torch.long, device=x.device)
+        row = torch.zeros(len(self.log_prior), dtype=x.dtype, device=x.device)
+        row[label] = 1.0
+        return row.expand(rows, -1)
+
+
+def label_prior(model: Callable, x: torch.Tensor, num_classes: int, label_site: str = DEFAULT.label_site) -> LabelPrior:
+    """The model's label prior, from one trace of the model on a datum with its label unknown."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(bind(model)).get_trace(x[:1], None, size=1)
+    site = trace.nodes.get(label_site)
+    if site is None or site["type"] != "sample":
+        raise ValueError(f"the model has no label site named {label_site!r}")
+    fn = site["fn"]
+    one_hot = fn.event_dim == 1
+    values = (
+        torch.eye(num_classes, dtype=x.dtype, device=x.device)
+        if one_hot
+        else torch.arange(num_classes, device=x.device)
+    )
+    return LabelPrior(fn.log_prob(values).reshape(num_classes), one_hot)
+
+
 def label_log_prior(model: Callable, x: torch.Tensor, num_classes: int) -> torch.Tensor:
     """log p(y = c) for every class, read off the model's label site, shaped ``[num_classes]``."""
-    labels = torch.arange(num_classes, device=x.device)
-    with torch.no_grad(), poutine.block():
-        trace = poutine.trace(model).get_trace(x[:1].expand(num_classes, *x.shape[1:]), y=labels, size=num_classes)
-    site = trace.nodes.get(LABEL_SITE)
-    if site is None or not site["is_observed"]:
-        raise ValueError(f"the model has no observed label site named {LABEL_SITE!r}")
-    return site["fn"].log_prob(labels)
+    return label_prior(model, x, num_classes).log_prior
 
 
 @dataclass
@@ -102,20 +133,25 @@ def class_scores(
     num_samples: int = 100,
     max_batch: int = DEFAULT_MAX_BATCH,
     progress: bool | None = False,
+    *,
+    convention: Convention | None = None,
 ) -> ClassScores:
     """Importance-sampled log p(x | y = c) of every datum for every class (K = ``num_samples``
     per class), with the label prior, as :class:`ClassScores`."""
-    conditioned = given_labels(model)
+    convention = convention or DEFAULT
+    prior = label_prior(model, x, num_classes, convention.label_site)
+    conditioned = given_labels(model, convention.label_site)
     columns = [
         log_likelihood(
             conditioned,
             guide,
             x,
-            torch.full((x.shape[0],), label, dtype=torch.long, device=x.device),
+            prior.labels(label, x.shape[0], x),
             num_samples,
             max_batch,
             progress,
+            convention=convention,
         )
         for label in range(num_classes)
     ]
-    return ClassScores(torch.stack(columns, dim=-1), label_log_prior(model, x, num_classes))
+    return ClassScores(torch.stack(columns, dim=-1), prior.log_prior)

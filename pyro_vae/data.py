@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_vae.convention import MISSING_LABEL
+
 SPLIT_SEED = 0
-MISSING_LABEL = -1  # marks an unlabelled datum in a label tensor
 NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "frey")
 
 

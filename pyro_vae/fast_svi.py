@@ -1,6 +1,7 @@
-"""SVI steps with the ``Trace_ELBO`` estimator and less machinery per step.
+"""SVI steps with the ``Trace_ELBO`` estimator and less machinery per step, and the one place that
+decides which estimator trains a model/guide pair.
 
-For a guide whose latent sites are all reparameterizable, one-particle ``Trace_ELBO`` reduces to
+For a guide whose latent sites are all reparameterizable, ``Trace_ELBO`` reduces to
 
 .. math::
 
@@ -9,71 +10,113 @@ For a guide whose latent sites are all reparameterizable, one-particle ``Trace_E
 
 with ``s`` each site's plate and ``poutine.scale`` factor, and its gradient is the pathwise one
 (Kingma & Welling 2014). :class:`FastSVI` computes exactly that from the sample sites of the guide
-and of the model replaying the guide's draws, recorded by a small messenger instead of two full
-traces, and steps a :class:`pyro.optim.PyroOptim` (fit's :class:`~pyro_vae.optim.JointOptim`).
-It leaves out what :class:`pyro.infer.SVI` with :class:`pyro.infer.Trace_ELBO` does on every step
-and this case does not need: a third trace on every step to collect the parameters (here: the
-tensors of Pyro's parameter store that received a gradient), a trace's copy of every message,
-score-function terms, enumeration and shape checks, and Pyro's argument and support validation of
-every distribution on every step (8 % of a step of a 784-400-50 MLP VAE at batch 128). Check the
-data before: :func:`pyro_vae.fit` checks that the observed data lie in the likelihood's support,
-all of it up front, or every minibatch of a ``Dataset`` or a ``transform``; a non-finite loss
-still stops it.
+and of the model replaying its draws, recorded by a small messenger instead of two full traces,
+in ``Trace_ELBO``'s order of operations, so that its loss and gradients equal ``Trace_ELBO``'s to
+the last bit on the same draws. It leaves out what :class:`pyro.infer.SVI` with ``Trace_ELBO``
+does on every step and this case does not need: a third trace to collect the parameters, a
+trace's copy of every message, score-function terms, and Pyro's argument and support validation
+of every distribution on every step (8 % of a step of a 784-400-50 MLP VAE at batch 128).
 
-:func:`unsupported_reason` says why a model/guide pair needs the full ``Trace_ELBO`` instead (a
-latent or auxiliary site without ``rsample``, enumeration, a model latent site the guide does not
-sample), so
-:func:`pyro_vae.fit` can fall back to it.
+It stops at the first site it cannot serve, before any gradient is taken, and hands that step and
+every later one to :class:`pyro.infer.SVI` with the ELBO that serves it (:exc:`NotServed` says
+which): ``TraceEnum_ELBO`` for an enumerated site, ``Trace_ELBO`` for a guide site without
+``rsample``, a ``pyro.factor`` in the guide without ``has_rsample=True``, a model latent site the
+guide does not sample, vectorized particles, or anything Pyro's own checks of the first batch
+reject (mismatched shapes, a guide site the model lacks): there Pyro raises or warns as it would
+have. The first batch is checked on the traces of :func:`pyro_vae.program.inspect_pair`; sites
+that appear only later (the labels of a semi-supervised guide's first unlabelled batch) are caught
+as they appear.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.elbo import ELBO
+from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites, site_is_factor, site_is_subsample
+from pyro.util import check_model_guide_match, check_site_shape
 
-from pyro_vae.scoring import latent_sites, traces
-
-ENUMERATED = "is enumerated"  # how unsupported_reason ends for an enumerated guide site
+GradientHook = Callable[[list[torch.Tensor], int, torch.Tensor], torch.Tensor]
 
 
-def unsupported_reason(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> str | None:
-    """``None`` if :class:`FastSVI` computes ``Trace_ELBO`` for this pair, else why not (found by
-    tracing both on the data ``x``, ``y``)."""
-    with torch.no_grad(), poutine.block():
-        model_trace, guide_trace = traces(model, guide, x, y)
-    sampled = {
-        name: site for name, site in guide_trace.nodes.items() if site["type"] == "sample" and not site["is_observed"]
-    }
-    for name, site in sampled.items():
-        if site["infer"].get("enumerate"):
-            return f"guide site {name!r} {ENUMERATED}"
-        if not getattr(site["fn"], "has_rsample", False):
-            return f"guide site {name!r} ({type(site['fn']).__name__}) has no reparameterized sampler"
-    missing = set(latent_sites(model_trace)) - set(latent_sites(guide_trace))
-    if missing:
-        return f"model latent sites {sorted(missing)} are not sampled by the guide"
-    return None
+class NotServed(Exception):
+    """A site (or an option) that :class:`FastSVI` does not serve, and the ELBO that does."""
+
+    def __init__(self, reason: str, elbo: type[ELBO] = Trace_ELBO) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.elbo = elbo
+
+
+def _check_site(msg: dict, in_guide: bool, replay: dict | None) -> None:
+    """Raise :exc:`NotServed` for a site whose term the pathwise estimator would get wrong."""
+    name = msg["name"]
+    if msg["infer"].get("enumerate"):
+        raise NotServed(f"site {name!r} is enumerated", TraceEnum_ELBO)
+    fn = msg["fn"]
+    if in_guide:
+        if site_is_factor(msg) and not fn.__dict__.get("has_rsample", False):
+            raise NotServed(f"guide factor {name!r} is not marked has_rsample=True")
+        if not msg["is_observed"] and not fn.has_rsample:
+            raise NotServed(f"guide site {name!r} ({type(fn).__name__}) has no reparameterized sampler")
+    elif not msg["is_observed"] and name not in replay:
+        raise NotServed(f"model latent site {name!r} is not sampled by the guide")
+
+
+def check_traces(model_trace: Trace, guide_trace: Trace, max_plate_nesting: int) -> None:
+    """Raise :exc:`NotServed` unless :class:`FastSVI` computes ``Trace_ELBO`` on these traces of
+    the pair: Pyro's own checks (with validation enabled) find no error or warning, and every
+    site is served."""
+    if is_validation_enabled():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
+                for trace in (model_trace, guide_trace):
+                    trace = prune_subsample_sites(trace)
+                    trace.compute_log_prob()
+                    for site in trace.nodes.values():
+                        if site["type"] == "sample":
+                            check_site_shape(site, max_plate_nesting)
+        except Exception as problem:  # Pyro's ELBO raises or warns the same itself
+            raise NotServed(f"Pyro's checks of the program: {problem}") from None
+    latents = {name for name, site in guide_trace.nodes.items() if site["type"] == "sample"}
+    for trace, in_guide in ((guide_trace, True), (model_trace, False)):
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                _check_site(site, in_guide, latents)
 
 
 class FastSVI:
-    """One-particle SVI for reparameterizable guides, with the interface of :class:`pyro.infer.SVI`
-    that :func:`pyro_vae.fit` uses (``step``, ``optim``).
+    """SVI with the estimator :func:`pyro_vae.fit` chooses (``loss="auto"``): the pathwise
+    ``Trace_ELBO`` with less work per step while the pair allows, else :class:`pyro.infer.SVI` with
+    the ELBO that serves it, from the first step it does not serve on. It has the interface of
+    :class:`pyro.infer.SVI` that ``fit`` uses (``step``, ``optim``).
 
-    :param model: a Pyro model.
-    :param guide: a guide whose latent sites all have ``rsample`` (see :func:`unsupported_reason`).
-    :param optim: a :class:`pyro.optim.PyroOptim`.
+    :param model: a Pyro model called as ``model(*args, **kwargs)``.
+    :param guide: its guide.
+    :param optim: a :class:`pyro.optim.PyroOptim` (fit's :class:`~pyro_vae.optim.JointOptim`).
+    :param int max_plate_nesting: for the fallback ELBO.
+    :param int num_particles: particles per step, evaluated one after another (as ``Trace_ELBO``
+        does without ``vectorize_particles``).
+    :param bool vectorize_particles: served by the fallback ELBO.
+    :param traces: the model's and the guide's trace on a first batch
+        (:attr:`pyro_vae.program.Inspection.model_trace`), checked with :func:`check_traces`.
     :param gradient_hook: called as ``gradient_hook(parameters, rows, loss)`` between the backward
         pass and the optimizer step, with ``rows`` the length of the step's first argument (the
         minibatch); it returns the loss to report. With a hook, every tensor of the parameter store
         is passed, sorted by name, so that all callers agree on the list;
-        :class:`~pyro_vae.distributed.GradientAverager` averages over processes there.
+        :class:`~pyro_vae.distributed.GradientAverager` averages over processes there. A pair that
+        needs the fallback cannot have one.
     """
 
     def __init__(
@@ -81,45 +124,103 @@ class FastSVI:
         model: Callable,
         guide: Callable,
         optim: PyroOptim,
-        gradient_hook: Callable[[list[torch.Tensor], int, torch.Tensor], torch.Tensor] | None = None,
+        *,
+        max_plate_nesting: int = 1,
+        num_particles: int = 1,
+        vectorize_particles: bool = False,
+        traces: tuple[Trace, Trace] | None = None,
+        gradient_hook: GradientHook | None = None,
     ) -> None:
         self.model = model
         self.guide = guide
         self.optim = optim
+        self.max_plate_nesting = max_plate_nesting
+        self.num_particles = num_particles
+        self.vectorize_particles = vectorize_particles
         self.gradient_hook = gradient_hook
+        self.fallback: SVI | None = None
+        self.fallback_elbo: ELBO | None = None
+        self.fallback_reason: str | None = None
+        try:
+            if vectorize_particles and num_particles > 1:
+                raise NotServed("vectorized particles")
+            if traces is not None:
+                check_traces(*traces, max_plate_nesting)
+        except NotServed as reason:
+            self._fall_back(reason)
 
-    def loss(self, *args, **kwargs) -> torch.Tensor:
-        """-ELBO of one particle, differentiable; equal to ``Trace_ELBO().loss`` on the same draws."""
+    @property
+    def estimator(self) -> str:
+        """The estimator in use: ``"FastSVI"``, or the fallback ELBO's class name."""
+        return "FastSVI" if self.fallback_elbo is None else type(self.fallback_elbo).__name__
+
+    def _fall_back(self, reason: NotServed) -> None:
+        if self.gradient_hook is not None:
+            raise ValueError(
+                f"distributed training needs a reparameterizable guide, but {reason.reason}; train in one process"
+            )
+        elbo = reason.elbo(
+            num_particles=self.num_particles,
+            vectorize_particles=self.vectorize_particles,
+            max_plate_nesting=self.max_plate_nesting,
+        )
+        self.fallback = SVI(self.model, self.guide, self.optim, elbo)
+        self.fallback_elbo, self.fallback_reason = elbo, reason.reason
+
+    def _particle(self, *args, **kwargs) -> tuple[float, torch.Tensor]:
+        """One particle's -ELBO as ``Trace_ELBO`` reports it (a float) and its differentiable
+        surrogate, summed in ``Trace_ELBO``'s order."""
         with pyro.validation_enabled(False):
             with _LogDensity(replay=None) as guide_terms:
                 self.guide(*args, **kwargs)
             with _LogDensity(replay=guide_terms.latents) as model_terms:
                 self.model(*args, **kwargs)
-            return guide_terms.log_prob_sum() - model_terms.log_prob_sum()
+            elbo, surrogate = 0, 0
+            for sign, terms in ((1, model_terms), (-1, guide_terms)):
+                for log_p in terms.log_prob_sums():
+                    elbo = elbo + sign * torch_item(log_p)
+                    surrogate = surrogate + log_p if sign > 0 else surrogate - log_p
+        return -elbo, -surrogate
+
+    def loss(self, *args, **kwargs) -> torch.Tensor:
+        """-ELBO of one particle, differentiable; raises :exc:`NotServed` for a pair it does not serve."""
+        return self._particle(*args, **kwargs)[1]
 
     def step(self, *args, **kwargs) -> float:
         """Take one gradient step on the -ELBO; returns its value."""
-        loss = self.loss(*args, **kwargs)
-        loss.backward()
+        if self.fallback is None:
+            try:
+                return self._step(*args, **kwargs)
+            except NotServed as reason:
+                self._fall_back(reason)
+        return self.fallback.step(*args, **kwargs)
+
+    def _step(self, *args, **kwargs) -> float:
+        loss = 0.0
+        for _ in range(self.num_particles):
+            particle_loss, surrogate = self._particle(*args, **kwargs)
+            loss += particle_loss / self.num_particles
+            if getattr(surrogate, "requires_grad", False):
+                (surrogate / self.num_particles).backward()
         store = pyro.get_param_store()
         if self.gradient_hook is None:
             parameters = [value for _, value in store.named_parameters() if value.grad is not None]
-            reported = loss.detach()
         else:
             parameters = [value for _, value in sorted(store.named_parameters(), key=lambda item: item[0])]
-            reported = self.gradient_hook(parameters, len(args[0]), loss.detach())
+            loss = self.gradient_hook(parameters, len(args[0]), torch.tensor(loss)).item()
         self.optim(parameters)
         for parameter in parameters:
             parameter.grad = None
-        return reported.item()
+        return loss
 
 
 class _LogDensity(Messenger):
     """Records each sample site's distribution, value, ``poutine.scale`` factor and mask as it
     happens, and the latent draws (subsample indices included) by name; with ``replay`` (a guide's
     latent draws), the model's latent sites take those values, as
-    :class:`~pyro.poutine.replay_messenger.ReplayMessenger` does. :meth:`log_prob_sum` is then
-    what ``log_prob_sum`` of a :class:`~pyro.poutine.Trace` computes.
+    :class:`~pyro.poutine.replay_messenger.ReplayMessenger` does. Each site is checked with
+    :func:`_check_site` as it happens. :meth:`log_prob_sums` are then the ``log_prob_sum`` of
+    each site of a :class:`~pyro.poutine.Trace`, in its order.
 
     It keeps only what the ELBO needs, instead of a trace's copy of every parameter and sample
     message: for a VAE, a fifth of the Python work of a step. The densities are computed after
@@ -146,11 +247,10 @@ class _LogDensity(Messenger):
         if not msg["is_observed"]:  # subsample indices too: the model replays the guide's
             self.latents[msg["name"]] = msg
         if not site_is_subsample(msg):
+            _check_site(msg, self.replay is None, self.replay)
             self.sites.append(msg)
 
-    def log_prob_sum(self) -> torch.Tensor | float:
-        total = 0.0
+    def log_prob_sums(self):
         for site in self.sites:
             log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-            total = total + scale_and_mask(log_p, site["scale"], site["mask"]).sum()
-        return total
+            yield scale_and_mask(log_p, site["scale"], site["mask"]).sum()

@@ -1,10 +1,15 @@
 """Looking inside the latent space: encode, decode, interpolate, edit, traverse, map, rebalance.
 
 Every function works on any model/guide pair that follows the pyro_vae convention (see
-:mod:`pyro_vae.scoring`) and whose guide has one latent site (``"z"`` in the stock parts):
-:func:`encode` traces the guide and reads that site's distribution, :func:`decode` conditions the
-model on the latent values and reads the mean of the observed site ``"x"``. Labels ``y`` are
-passed through, so conditional models work too.
+:mod:`pyro_vae.convention`): :func:`encode` traces the guide and reads the distribution of its
+per-datum latent site (the only one, or the one named by ``site=``; ``"z"`` in the stock parts,
+``"latent"`` in Pyro's tutorial VAE), using its ``mean`` or, for a distribution without one (a
+normalizing flow), the mean of :data:`MEAN_DRAWS` draws. :func:`decode` conditions the model on
+latent values at that site, which the model must have, and reads the mean of its observed site.
+Decoding runs the model without data (``x=None``); a model that cannot be run so is run on
+placeholder data of the shape ``x_shape`` (the functions given data use theirs), and without
+either the error says how to fix it. Labels ``y`` are passed through, so conditional models work
+too.
 
 References: Kingma & Welling (2014), "Auto-encoding variational Bayes" (the 2-D manifold of
 Figure 4); White (2016), "Sampling generative networks" (spherical interpolation and attribute
@@ -21,54 +26,130 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae import plots
-from pyro_vae.scoring import OBSERVED_SITE, latent_sites
+from pyro_vae.convention import DATA_PLATE, DEFAULT, OBSERVED_SITE
+from pyro_vae.program import bind, data_frame, latent_sites, observed_site, sample_sites
+
+MEAN_DRAWS = 256  # draws averaged for a posterior without a closed-form mean
 
 
-def _latent_site(trace) -> dict:
-    sites = list(latent_sites(trace).values())
-    if len(sites) != 1:
-        raise ValueError(f"latent tools need a guide with one latent site; this one has {len(sites)}")
-    return sites[0]
+def _latent_site(trace, site: str | None) -> dict:
+    latents = {name: msg for name, msg in latent_sites(trace).items() if data_frame(msg, DATA_PLATE) is not None}
+    if site is not None:
+        if site not in latents:
+            raise ValueError(f"the guide has no per-datum latent site {site!r}; its latent sites are {sorted(latents)}")
+        return latents[site]
+    if len(latents) != 1:
+        raise ValueError(
+            f"the guide has {len(latents)} per-datum latent sites {sorted(latents)}; name the one to use with site="
+        )
+    return next(iter(latents.values()))
 
 
-def posterior(guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[str, dist.Distribution]:
-    """The name and the distribution q(z | x) of the guide's one latent site."""
+def posterior(
+    guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None, site: str | None = None
+) -> tuple[str, dist.Distribution]:
+    """The name and the distribution q(z | x) of the guide's per-datum latent site (its only one,
+    or ``site``)."""
     with torch.no_grad(), poutine.block():
-        trace = prune_subsample_sites(poutine.trace(guide).get_trace(x, y=y, size=x.shape[0]))
-    site = _latent_site(trace)
-    return site["name"], site["fn"]
+        trace = poutine.trace(bind(guide)).get_trace(x, y, size=x.shape[0])
+    latent = _latent_site(trace, site)
+    return latent["name"], latent["fn"]
+
+
+def _mean(q: dist.Distribution) -> torch.Tensor:
+    try:
+        return q.mean
+    except NotImplementedError:
+        with torch.no_grad():
+            return q.sample((MEAN_DRAWS,)).mean(0)
 
 
 def encode(
-    guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int | None = None
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    num_samples: int | None = None,
+    site: str | None = None,
 ) -> torch.Tensor:
     """The mean of q(z | x) for every datum, ``[N, latent_dim]``; with ``num_samples``, that many
     draws instead, ``[num_samples, N, latent_dim]``."""
-    _, q = posterior(guide, x, y)
+    _, q = posterior(guide, x, y, site)
     if num_samples is None:
-        return q.mean
+        return _mean(q)
     with torch.no_grad():
         return q.sample((num_samples,))
 
 
-def decode(
-    model: Callable, z: torch.Tensor, y: torch.Tensor | None = None, site: str = "z", mean: bool = True
-) -> torch.Tensor:
-    """The mean of p(x | z) (or, with ``mean=False``, a draw) for every row of ``z``."""
-    conditioned = poutine.condition(model, data={site: z})
+def _trace_without_data(model: Callable, z: torch.Tensor, y: torch.Tensor | None, x_shape: Sequence[int] | None):
+    """The model's trace with no data (``x=None``), or on zeros of ``x_shape`` if it needs data;
+    and whether the observed value is the model's own draw."""
+    rows = z.shape[0]
     with torch.no_grad(), poutine.block():
-        trace = poutine.trace(conditioned).get_trace(None, y=y, size=z.shape[0])
-    observed = trace.nodes[OBSERVED_SITE]
-    return observed["fn"].mean if mean else observed["value"]
+        try:
+            return poutine.trace(model).get_trace(None, y, size=rows), True
+        except Exception as failure:
+            if x_shape is None:
+                raise ValueError(
+                    f"the model cannot be run without data (model(None, size={rows}) failed with "
+                    f"{type(failure).__name__}: {failure}); let it draw when x is None (e.g. "
+                    "rows = size if x is None else x.shape[0]), or pass x_shape=, the shape of one datum, "
+                    "to decode on placeholder data"
+                ) from failure
+            placeholder = torch.zeros(rows, *x_shape, dtype=z.dtype, device=z.device)
+            return poutine.trace(model).get_trace(placeholder, y, size=rows), False
+
+
+def _data_site(trace, conditioned: str, own_draw: bool) -> str:
+    """The model's data site in a trace conditioned at ``conditioned``: its observed site, or,
+    when the model drew the data itself, the one per-datum site besides the latent (or ``"x"``)."""
+    if not own_draw:
+        return observed_site(trace, exclude=conditioned)
+    drawn = [
+        name
+        for name, msg in sample_sites(trace).items()
+        if name not in (conditioned, DEFAULT.label_site) and data_frame(msg, DATA_PLATE) is not None
+    ]
+    if OBSERVED_SITE in drawn or len(drawn) != 1:
+        if OBSERVED_SITE not in drawn:
+            raise ValueError(f"cannot tell which of the model's sites {drawn} holds the data; name it 'x'")
+        return OBSERVED_SITE
+    return drawn[0]
+
+
+def decode(
+    model: Callable,
+    z: torch.Tensor,
+    y: torch.Tensor | None = None,
+    site: str = "z",
+    mean: bool = True,
+    x_shape: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """The mean of p(x | z) (or, with ``mean=False``, a draw) for every row of ``z``, the model
+    conditioned on ``z`` at its latent site ``site``.
+
+    :param x_shape: the shape of one datum, for a model that cannot be run with ``x=None``.
+    :raises ValueError: if the model has no latent site ``site``.
+    """
+    conditioned = poutine.condition(bind(model), data={site: z})
+    trace, own_draw = _trace_without_data(conditioned, z, y, x_shape)
+    latent = trace.nodes.get(site)
+    if latent is None or latent["type"] != "sample":
+        raise ValueError(
+            f"the model has no latent site {site!r} to condition on; its latent sites are "
+            f"{sorted(name for name, msg in trace.nodes.items() if msg['type'] == 'sample' and not msg['is_observed'])}"
+        )
+    observed = trace.nodes[_data_site(trace, site, own_draw)]
+    if mean:
+        return observed["fn"].mean
+    return observed["value"] if own_draw else observed["fn"].sample()
 
 
 def reconstruct(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Decode the posterior mean of every datum."""
     name, q = posterior(guide, x, y)
-    return decode(model, q.mean, y, site=name)
+    return decode(model, _mean(q), y, site=name, x_shape=x.shape[1:])
 
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -104,8 +185,9 @@ def interpolate(
     pair = torch.stack([x_a, x_b])
     labels = None if y is None else y.reshape(1).expand(2)
     name, q = posterior(guide, pair, labels)
-    path = interpolate_latents(q.mean[0], q.mean[1], steps, method)
-    return decode(model, path, None if y is None else y.reshape(1).expand(steps), site=name)
+    means = _mean(q)
+    path = interpolate_latents(means[0], means[1], steps, method)
+    return decode(model, path, None if y is None else y.reshape(1).expand(steps), site=name, x_shape=x_a.shape)
 
 
 def attribute_vector(guide: Callable, x: torch.Tensor, has_attribute: torch.Tensor) -> torch.Tensor:
@@ -123,7 +205,10 @@ def apply_attribute(
     """Each datum's posterior mean moved by ``strength * vector`` and decoded:
     ``[len(strengths), N, *x_shape]`` (strength 0 is the reconstruction)."""
     name, q = posterior(guide, x)
-    return torch.stack([decode(model, q.mean + strength * vector, site=name) for strength in strengths])
+    means = _mean(q)
+    return torch.stack(
+        [decode(model, means + strength * vector, site=name, x_shape=x.shape[1:]) for strength in strengths]
+    )
 
 
 def manifold_latents(points_per_side: int, bound: float = 0.95) -> torch.Tensor:
@@ -136,13 +221,19 @@ def manifold_latents(points_per_side: int, bound: float = 0.95) -> torch.Tensor:
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
 
 
-def manifold_grid(model: Callable, points_per_side: int = 20, bound: float = 0.95, site: str = "z") -> torch.Tensor:
-    """Decoded images of :func:`manifold_latents` for a model with a 2-D latent,
+def manifold_grid(
+    model: Callable,
+    points_per_side: int = 20,
+    bound: float = 0.95,
+    site: str = "z",
+    x_shape: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Decoded images of :func:`manifold_latents` for a model with a 2-D latent site ``site``,
     ``[points_per_side², *x_shape]`` in row-major order (on the device of the model's
     parameters, if it is an ``nn.Module``)."""
     parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
     z = manifold_latents(points_per_side, bound)
-    return decode(model, z if parameter is None else z.to(parameter), site=site)
+    return decode(model, z if parameter is None else z.to(parameter), site=site, x_shape=x_shape)
 
 
 def traverse(
@@ -151,11 +242,11 @@ def traverse(
     """Vary one latent dimension at a time around the posterior mean of the single datum ``x``:
     ``[latent_dim, len(values), *x_shape]``, dimension d set to each value in turn."""
     name, q = posterior(guide, x.unsqueeze(0))
-    center = q.mean[0]
+    center = _mean(q)[0]
     grid = center.repeat(center.shape[-1], len(values), 1)
     for dim in range(center.shape[-1]):
         grid[dim, :, dim] = torch.as_tensor(values, dtype=center.dtype)
-    decoded = decode(model, grid.reshape(-1, center.shape[-1]), site=name)
+    decoded = decode(model, grid.reshape(-1, center.shape[-1]), site=name, x_shape=x.shape)
     return decoded.reshape(center.shape[-1], len(values), *decoded.shape[1:])
 
 

@@ -20,23 +20,24 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_vae import distributed as parallel
-from pyro_vae.data import MISSING_LABEL
+from pyro_vae.convention import DEFAULT, Convention, missing_labels
 from pyro_vae.device import resolve_device
-from pyro_vae.fast_svi import ENUMERATED, FastSVI, unsupported_reason
+from pyro_vae.fast_svi import FastSVI
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.optim import JointOptim, make_optimizer
+from pyro_vae.program import Inspection, bind, inspect_pair
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
-from pyro_vae.scoring import check_observed_support, check_support, elbo, max_plate_nesting
+from pyro_vae.scoring import elbo
 from pyro_vae.validation import check_data
 
 AUTO = "auto"
+LABEL_BATCHES = ("mixed", "pure")
 Stepper = SVI | FastSVI
 LOSSES: dict[str, type] = {
     "trace": Trace_ELBO,
@@ -69,6 +70,7 @@ class History:
     best_epoch: int | None = None
     stopped_early: bool = False
     rollbacks: int = 0
+    estimator: str | None = None  # the ELBO that trained the pair at the end: "FastSVI", "Trace_ELBO", ...
 
     def append(self, epoch: int, train_elbo: float, val_elbo: float, kl_weight: float, seconds: float) -> None:
         self.epoch.append(epoch)
@@ -151,9 +153,10 @@ def _batches(
     device: torch.device,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     distributed: bool = False,
+    pure_labels: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     if transform is not None:
-        for x, y in _batches(data, batch_size, generator, device, distributed=distributed):
+        for x, y in _batches(data, batch_size, generator, device, distributed=distributed, pure_labels=pure_labels):
             yield transform(x), y
         return
     if isinstance(data, Dataset):
@@ -162,6 +165,9 @@ def _batches(
         return
     x, y = _unpack(data)
     order = torch.randperm(len(x), generator=generator)
+    if pure_labels and y is not None:
+        yield from _pure_batches(x, y, order, batch_size, generator)
+        return
     for start in range(0, len(x), batch_size):
         index = order[start : start + batch_size].to(x.device)
         if distributed:
@@ -169,6 +175,20 @@ def _batches(
                 continue  # some process would get no rows
             index = parallel.shard(index)
         yield x[index], None if y is None else y[index]
+
+
+def _pure_batches(
+    x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Batches that are wholly labelled (with their labels) or wholly unlabelled (``y=None``), in
+    a random order, as a semi-supervised program that switches on ``y is None`` needs."""
+    missing = missing_labels(y)[order].cpu()
+    indices = [order[~missing], order[missing]]
+    batches = [(kind, start) for kind in (0, 1) for start in range(0, len(indices[kind]), batch_size)]
+    for position in torch.randperm(len(batches), generator=generator).tolist():
+        kind, start = batches[position]
+        index = indices[kind][start : start + batch_size].to(x.device)
+        yield x[index], (y[index] if kind == 0 else None)
 
 
 def _start_distributed(data: Data, device: torch.device, loss: str, batch_size: int, seed: int | None) -> torch.device:
@@ -185,10 +205,10 @@ def _start_distributed(data: Data, device: torch.device, loss: str, batch_size: 
     return device
 
 
-def _supported(batches: Iterator, support) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def _supported(batches: Iterator, inspection: Inspection) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """The batches, each checked to lie in the likelihood's support (FastSVI does not validate)."""
     for x, y in batches:
-        check_support(support, x)
+        inspection.check_support(x)
         yield x, y
 
 
@@ -216,100 +236,110 @@ def _first_batch(data: Data, batch_size: int, device: torch.device) -> tuple[tor
     return x[:batch_size], None if y is None else y[:batch_size]
 
 
-def _structure_batch(
-    data: Data, first: tuple[torch.Tensor, torch.Tensor | None]
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first batch, with one row of a missing label (:data:`~pyro_vae.data.MISSING_LABEL`)
-    added when it has none but the data do: a semi-supervised guide has sites (the missing
-    labels') that only such rows create, and the choice of estimator must see them."""
-    x, y = first
-    if isinstance(data, Dataset) or y is None or y.dim() != 1 or (y == MISSING_LABEL).any():
-        return first
-    all_x, all_y = _unpack(data)
-    missing = (all_y == MISSING_LABEL).nonzero()[:1, 0]
-    if len(missing) == 0:
-        return first
-    return torch.cat([x, all_x[missing]]), torch.cat([y, all_y[missing]])
-
-
 def _make_svi(
-    model: Callable,
-    guide: Callable,
-    optim: JointOptim,
-    loss: str,
-    num_particles: int,
-    vectorize_particles: bool,
-    plate_nesting: int,
-    first_batch: tuple[torch.Tensor, torch.Tensor | None],
-    gradient_hook: Callable[[list[torch.Tensor], int, torch.Tensor], torch.Tensor] | None = None,
+    model: Callable, guide: Callable, optim: JointOptim, options: _Options, inspection: Inspection, hook
 ) -> Stepper:
-    """:class:`FastSVI` for ``loss="auto"`` when it computes the same estimator, else Pyro's SVI
-    (with ``TraceEnum_ELBO`` for a guide that enumerates, ``Trace_ELBO`` otherwise)."""
-    if loss != AUTO and loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {[AUTO, *sorted(LOSSES)]}")
-    if loss == AUTO:
-        reason = "more than one particle" if num_particles > 1 else unsupported_reason(model, guide, *first_batch)
-        if reason is None:
-            return FastSVI(model, guide, optim, gradient_hook)
-        if gradient_hook is not None:
-            raise ValueError(f"distributed training needs a reparameterizable guide and one particle, but {reason}")
-        loss = "enum" if reason.endswith(ENUMERATED) else "trace"
-    elbo = LOSSES[loss](
-        num_particles=num_particles, vectorize_particles=vectorize_particles, max_plate_nesting=plate_nesting
+    """:class:`FastSVI` for ``loss="auto"`` (it serves the pair or hands it to the Pyro ELBO that
+    does), else Pyro's SVI with the ELBO asked for."""
+    if options.loss == AUTO:
+        return FastSVI(
+            model,
+            guide,
+            optim,
+            max_plate_nesting=inspection.plate_nesting,
+            num_particles=options.num_particles,
+            vectorize_particles=options.vectorize_particles,
+            traces=(inspection.model_trace, inspection.guide_trace),
+            gradient_hook=hook,
+        )
+    elbo = LOSSES[options.loss](
+        num_particles=options.num_particles,
+        vectorize_particles=options.vectorize_particles,
+        max_plate_nesting=inspection.plate_nesting,
     )
     return SVI(model, guide, optim, elbo)
 
 
-def _evict_stale_params(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None, size: int) -> None:
-    """Make Pyro's global parameter store hold this model's and guide's own tensors.
+class _PairParameters:
+    """The tensors of Pyro's parameter store that belong to the model/guide pair: those its
+    inspection found and those the optimizer has stepped since (a site first seen later)."""
 
-    A ``pyro.param``/``pyro.module`` statement returns the tensor already stored under its name.
-    After a previous model with the same parameter names (say, a second ``VAE()`` in the same
-    session), the store would hand SVI the old tensors and the new modules would never train.
-    Entries whose stored tensor is not the module's own parameter are dropped. If a name is still
-    shared after that, the model and guide use one name for two tensors, which SVI cannot train.
-    """
-    store = pyro.get_param_store()
-    for attempt in range(2):
-        with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as params:
-            guide_trace = poutine.trace(guide).get_trace(x, y=y, size=size)
-            poutine.replay(model, trace=guide_trace)(x, y=y, size=size)
-        stale = [
-            name
-            for name, site in params.trace.nodes.items()
-            if len(site["args"]) > 1
-            and isinstance(site["args"][1], nn.Parameter)
-            and site["value"].unconstrained() is not site["args"][1]
-        ]
-        if not stale:
-            return
-        if attempt == 1:
-            names = [name.replace("$$$", ".") for name in stale]
+    def __init__(self, inspection: Inspection, optim: JointOptim) -> None:
+        self.inspection = inspection
+        self.optim = optim
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        owned = self.inspection.parameters()
+        store = pyro.get_param_store()
+        for tensor in self.optim.parameters:
+            name = store._param_to_name.get(tensor)
+            if name is not None:
+                owned.setdefault(name, tensor)
+        return owned
+
+    def nonfinite(self) -> list[str]:
+        return [name for name, value in self().items() if not value.isfinite().all()]
+
+    def copy(self) -> dict[str, torch.Tensor]:
+        return {name: value.detach().clone() for name, value in self().items()}
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, value in self().items():
+                if name in saved:
+                    value.copy_(saved[name])
+
+
+@dataclass(frozen=True)
+class _Options:
+    """fit's options, as given (see :func:`fit`)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    clip_norm: float | None
+    loss: str
+    num_particles: int
+    vectorize_particles: bool
+    beta: float
+    warmup_epochs: float
+    validation: float | Data | None
+    patience: int | None
+    device: str
+    seed: int | None
+    progress: bool | None
+    transform: Callable[[torch.Tensor], torch.Tensor] | None
+    on_epoch_end: Callable[[TrainingState], None] | None
+    resume: TrainingState | None
+    on_nonfinite: str
+    distributed: bool
+    max_minutes: float | None
+    convention: Convention | None
+    label_batches: str
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
+        if self.on_nonfinite not in ("raise", "rollback"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'rollback', got {self.on_nonfinite!r}")
+        if self.loss != AUTO and self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {[AUTO, *sorted(LOSSES)]}")
+        if self.loss == "jit" and self.warmup_epochs > 0:
             raise ValueError(
-                f"parameter names {names} are used by two different tensors (do the model and the guide "
-                "have submodules with the same attribute name?); give them distinct names"
+                "KL warm-up changes β every step, which a compiled (jit) loss cannot follow; use loss='trace'"
             )
-        for name in stale:
-            del store[name]
-
-
-def _named_parameters() -> dict[str, torch.Tensor]:
-    """Every (unconstrained) parameter in Pyro's store, by name: stable across processes, unlike
-    the order of SVI's optimizer dictionary."""
-    return dict(pyro.get_param_store().named_parameters())
-
-
-def _copy_into(saved: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, value in _named_parameters().items():
-            if name in saved:
-                value.copy_(saved[name])
+        if self.label_batches not in LABEL_BATCHES:
+            raise ValueError(f"label_batches must be one of {LABEL_BATCHES}, got {self.label_batches!r}")
+        if self.num_particles < 1:
+            raise ValueError(f"num_particles must be at least 1, got {self.num_particles}")
 
 
 def fit(
     model: Callable,
     guide: Callable,
     data: Data,
+    *,
     epochs: int = 20,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -323,7 +353,7 @@ def fit(
     validation: float | Data | None = 0.1,
     patience: int | None = None,
     device: str = "cpu",
-    seed: int | None = 0,
+    seed: int | None = None,
     progress: bool | None = None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_epoch_end: Callable[[TrainingState], None] | None = None,
@@ -331,11 +361,14 @@ def fit(
     on_nonfinite: str = "raise",
     distributed: bool = False,
     max_minutes: float | None = None,
+    convention: Convention | None = None,
+    label_batches: str = "mixed",
 ) -> History:
     """Train ``model`` and ``guide`` by SVI and return the :class:`History`.
 
-    :param model: a Pyro model ``model(x, y=None, size=None)`` following the convention of
-        :mod:`pyro_vae.scoring`; its parameters live in ``nn.Module``/``PyroModule`` attributes or
+    :param model: a Pyro model following the convention of :mod:`pyro_vae.convention`, called as
+        :mod:`pyro_vae.program` says (``model(x, y, size=N)``, each argument where its signature
+        takes it); its parameters live in ``nn.Module``/``PyroModule`` attributes or
         ``pyro.param`` statements. If it has a method ``validate(x, y)``, that is called once on
         the training data before anything else (to reject, say, unknown labels).
     :param guide: the amortized guide, same signature.
@@ -347,11 +380,10 @@ def fit(
     :param str optimizer: ``"adam"`` (:class:`torch.optim.Adam` with its fused kernel) or
         ``"clipped-adam"`` (Pyro's Adam with gradient clipping and optional decay).
     :param clip_norm: clip each parameter's gradient to this norm (Pyro clips per parameter).
-    :param str loss: ``"auto"`` (the default: :class:`~pyro_vae.fast_svi.FastSVI`, the
-        ``Trace_ELBO`` estimator with less work per step, when the guide is reparameterizable and
-        one particle is used; else ``"enum"`` for a guide that enumerates, ``"trace"`` otherwise; the
-        first minibatch decides, with a row of a missing label added if it has none and the data do),
-        ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
+    :param str loss: ``"auto"`` (the default: :class:`~pyro_vae.fast_svi.FastSVI`, which computes the
+        ``Trace_ELBO`` estimator with less work per step and hands the pair, from the first site it
+        does not serve on, to ``Trace_ELBO`` or, for an enumerated site, ``TraceEnum_ELBO``; ``History.estimator``
+        says which trained it), ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
         (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL where available), ``"jit"``
         (:class:`~pyro.infer.JitTrace_ELBO`) or ``"enum"`` (:class:`~pyro.infer.TraceEnum_ELBO`:
         discrete sites marked for enumeration are summed out exactly).
@@ -368,7 +400,8 @@ def fit(
         moved there.
     :param seed: seeds Pyro, torch and the minibatch order; the same seed gives the same result
         on CPU for the same initial parameters (seed before building the networks, e.g. with
-        ``pyro.set_rng_seed``, to fix those too). ``None`` leaves the random state alone.
+        ``pyro.set_rng_seed``, to fix those too). ``None`` (the default) leaves the random state
+        as it is and draws from it.
     :param progress: show a progress bar (``None``: only on a terminal).
     :param transform: applied to every training minibatch ``x`` on the device, and once to the
         validation data; e.g. ``torch.bernoulli`` on grey-level images binarizes them afresh in
@@ -392,106 +425,161 @@ def fit(
         draws per process (an uninterrupted run's equality holds for single-process runs).
     :param max_minutes: a training-time budget: no epoch starts once the epochs so far took this
         long (``History.wall_time``). With ``patience``, the best epoch's parameters are restored.
+    :param convention: the names of the data plate and the observed and label sites, when the
+        program uses others than ``"data"``, ``"x"`` and ``"y"``
+        (:class:`~pyro_vae.convention.Convention`).
+    :param str label_batches: ``"mixed"`` (the default): minibatches mix labelled and unlabelled
+        data and the labels are passed as they are, missing ones marked (``-1``, or a NaN row of a
+        one-hot tensor) for a program that masks them (``obs_mask``); ``"pure"``: every minibatch
+        is wholly labelled or wholly unlabelled, and an unlabelled one is passed with ``y=None``,
+        as for Pyro's M2 example (``ss_vae_M2.py``). The validation ELBO is then computed without
+        labels when some validation data have none.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
-    if on_nonfinite not in ("raise", "rollback"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'rollback', got {on_nonfinite!r}")
-    if loss == "jit" and warmup_epochs > 0:
-        raise ValueError("KL warm-up changes β every step, which a compiled (jit) loss cannot follow; use loss='trace'")
+    options = _Options(**{name: value for name, value in locals().items() if name in _Options.__dataclass_fields__})
+    options.check()
     _check_training_data(data, model)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    torch_device = resolve_device(device)
-    if distributed:
-        torch_device = _start_distributed(data, torch_device, loss, batch_size, seed)
-    for part in (model, guide):
-        if isinstance(part, nn.Module):
-            part.to(torch_device)
-    train_data, val_data = split_data(data, validation, seed or 0)
-    if patience is not None and val_data is None:
-        raise ValueError("early stopping (patience) needs validation data; pass validation=0.1 or your own data")
-    train_data = _to_device(train_data, torch_device)
-    size = _num_data(train_data)
-    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+    run = _Run.start(model, guide, data, options)
+    return run.train()
 
-    first_x, first_y = _first_batch(train_data, batch_size, torch_device)
-    if transform is not None:
-        first_x = transform(first_x)
-    all_x = None if isinstance(train_data, Dataset) or transform is not None else _unpack(train_data)[0]
-    support = check_observed_support(model, guide, first_x, first_y, all_x)
-    check_each_batch = support if all_x is None else None  # a Dataset or transformed batches
-    _evict_stale_params(model, guide, first_x, first_y, size)
-    averager = parallel.GradientAverager() if distributed else None
-    if averager is not None:  # every process starts from rank 0's parameters
-        averager.synchronize([value for _, value in sorted(_named_parameters().items())])
-    kl_handler = KLWeightMessenger(linear_warmup(0.0, beta, warmup_epochs))
-    weighted = beta != 1.0 or warmup_epochs > 0
-    # Checks the convention up front (observed "x", sites in the "data" plate) and spares Pyro's
-    # ELBOs their own guess of the plate nesting.
-    plate_nesting = max_plate_nesting(model, guide, first_x, first_y)
-    svi = _make_svi(
-        kl_weighted(model, kl_handler) if weighted else model,
-        kl_weighted(guide, kl_handler) if weighted else guide,
-        make_optimizer(optimizer, lr, clip_norm),
-        loss,
-        num_particles,
-        vectorize_particles,
-        plate_nesting,
-        _structure_batch(train_data, (first_x, first_y)),
-        averager,
-    )
-    if seed is not None:
-        # The set-up traces above draw from the random state, more of them when stale parameters
-        # are evicted; training starts from the seed, so a seed gives one run whatever ran before.
-        # In distributed training: the same minibatch order in every process, each its own draws.
-        pyro.set_rng_seed(seed + parallel.rank() if distributed else seed)
-    x_val, y_val = _to_device(_as_tensors(val_data), torch_device) if val_data is not None else (None, None)
-    if transform is not None and x_val is not None:
-        x_val = transform(x_val)
-    history = History()
-    best = _BestEpoch(keep_parameters=patience is not None)
-    first_epoch = 1
-    if resume is not None:
-        first_epoch = _resume(copy.deepcopy(resume), svi, history, best, generator)
-        if distributed:  # the saved random state is rank 0's: give each process its own draws again
-            pyro.set_rng_seed(seed + parallel.rank() + parallel.world_size() * first_epoch)
-        if first_epoch > epochs or history.stopped_early:
-            return history  # the run was complete: its parameters are the final ones
-    bar = progress_bar(range(first_epoch, epochs + 1), desc="training", unit="epoch", show=progress)
-    last_good = _LastGood(svi) if on_nonfinite == "rollback" else None
-    for epoch in bar:
-        start = time.perf_counter()
-        schedule = _KLSchedule(kl_handler, beta, warmup_epochs, epoch, math.ceil(size / batch_size))
+
+@dataclass
+class _Run:
+    """One call of :func:`fit`: the pair, its data, its stepper and what the loop keeps."""
+
+    options: _Options
+    model: Callable
+    guide: Callable
+    train_data: Data
+    size: int
+    x_val: torch.Tensor | None
+    y_val: torch.Tensor | None
+    device: torch.device
+    inspection: Inspection
+    svi: Stepper
+    parameters: _PairParameters
+    kl_handler: KLWeightMessenger
+    generator: torch.Generator
+    history: History
+    best: _BestEpoch
+
+    @classmethod
+    def start(cls, model: Callable, guide: Callable, data: Data, options: _Options) -> _Run:
+        """Place the data and the pair on the device, inspect the pair once on the first batch,
+        check the data's support and build the stepper."""
+        device = resolve_device(options.device)
+        if options.distributed:
+            device = _start_distributed(data, device, options.loss, options.batch_size, options.seed)
+        for part in (model, guide):
+            if isinstance(part, nn.Module):
+                part.to(device)
+        train_data, val_data = split_data(data, options.validation, options.seed or 0)
+        if options.patience is not None and val_data is None:
+            raise ValueError("early stopping (patience) needs validation data; pass validation=0.1 or your own data")
+        if options.label_batches == "pure" and isinstance(train_data, Dataset):
+            raise ValueError("label_batches='pure' sorts tensor labels into batches; pass the data as an (x, y) pair")
+        train_data = _to_device(train_data, device)
+        size = _num_data(train_data)
+        convention = options.convention or DEFAULT
+        model, guide = bind(model, convention.data_plate), bind(guide, convention.data_plate)
+        first_x, first_y = _first_batch(train_data, options.batch_size, device)
+        if options.transform is not None:
+            first_x = options.transform(first_x)
+        if options.label_batches == "pure" and first_y is not None and missing_labels(first_y).any():
+            first_y = None
+        inspection = inspect_pair(model, guide, first_x, first_y, size, convention)
+        if not isinstance(train_data, Dataset) and options.transform is None:
+            inspection.check_support(_unpack(train_data)[0])
+        kl_handler = KLWeightMessenger(linear_warmup(0.0, options.beta, options.warmup_epochs))
+        if options.beta != 1.0 or options.warmup_epochs > 0:
+            model, guide = kl_weighted(model, kl_handler), kl_weighted(guide, kl_handler)
+        optim = make_optimizer(options.optimizer, options.lr, options.clip_norm)
+        parameters = _PairParameters(inspection, optim)
+        averager = parallel.GradientAverager() if options.distributed else None
+        if averager is not None:  # every process starts from rank 0's parameters
+            averager.synchronize(list(parameters().values()))
+        svi = _make_svi(model, guide, optim, options, inspection, averager)
+        x_val, y_val = _to_device(_as_tensors(val_data), device) if val_data is not None else (None, None)
+        if options.transform is not None and x_val is not None:
+            x_val = options.transform(x_val)
+        if options.label_batches == "pure" and y_val is not None and missing_labels(y_val).any():
+            y_val = None
+        seed = options.seed
+        if options.distributed:  # the same minibatch order in every process, each its own draws
+            pyro.set_rng_seed(seed + parallel.rank())
+        generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        return cls(
+            options, inspection.model, inspection.guide, train_data, size, x_val, y_val, device, inspection, svi,
+            parameters, kl_handler, generator, History(), _BestEpoch(parameters, options.patience is not None),
+        )  # fmt: skip
+
+    def train(self) -> History:
+        """The epochs, from the first (or the one after ``resume``) to the last, early stop or
+        time budget; returns the :class:`History`."""
+        options, history = self.options, self.history
+        first_epoch = 1
+        if options.resume is not None:
+            first_epoch = _resume(copy.deepcopy(options.resume), self.svi, history, self.best, self.generator)
+            if options.distributed:  # the saved random state is rank 0's: give each process its own draws again
+                pyro.set_rng_seed(options.seed + parallel.rank() + parallel.world_size() * first_epoch)
+            if first_epoch > options.epochs or history.stopped_early:
+                return history  # the run was complete: its parameters are the final ones
+        bar = progress_bar(range(first_epoch, options.epochs + 1), desc="training", unit="epoch", show=options.progress)
+        last_good = _LastGood(self.svi, self.parameters) if options.on_nonfinite == "rollback" else None
+        for epoch in bar:
+            start = time.perf_counter()
+            train_elbo = self._epoch(epoch, last_good)
+            val_elbo = self._validation_elbo()
+            train_elbo, val_elbo = parallel.mean_over_processes(train_elbo), parallel.mean_over_processes(val_elbo)
+            history.append(epoch, train_elbo, val_elbo, self.kl_handler.weight, time.perf_counter() - start)
+            bar.set_postfix(train_elbo=f"{train_elbo:.3f}", val_elbo=f"{val_elbo:.3f}")
+            if self.best.update(epoch, val_elbo):
+                history.best_epoch = epoch
+            elif options.patience is not None and history.best_epoch is not None:
+                history.stopped_early = epoch - history.best_epoch >= options.patience
+            if options.on_epoch_end is not None:
+                options.on_epoch_end(_state(epoch, self.svi, history, self.best, self.generator))
+            spent = parallel.max_over_processes(history.wall_time) if options.distributed else history.wall_time
+            if history.stopped_early or (options.max_minutes is not None and spent >= 60 * options.max_minutes):
+                break
+        self.best.restore()
+        history.estimator = _estimator_name(self.svi)
+        return history
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        options = self.options
+        batches = _batches(
+            self.train_data, options.batch_size, self.generator, self.device, options.transform,
+            options.distributed, options.label_batches == "pure",
+        )  # fmt: skip
+        if isinstance(self.train_data, Dataset) or options.transform is not None:
+            batches = _supported(batches, self.inspection)
+        return batches
+
+    def _epoch(self, epoch: int, last_good: _LastGood | None) -> float:
+        """One pass over the training data, repeated after a rollback; the mean objective per datum."""
+        schedule = _KLSchedule(
+            self.kl_handler, self.options.beta, self.options.warmup_epochs, epoch,
+            math.ceil(self.size / self.options.batch_size),
+        )  # fmt: skip
         while True:
-            batches = _batches(train_data, batch_size, generator, torch_device, transform, distributed)
-            if check_each_batch is not None:
-                batches = _supported(batches, check_each_batch)
             try:
-                train_elbo = _train_epoch(svi, batches, size, schedule)
+                train_elbo = _train_epoch(self.svi, self._batches(), self.size, schedule, self.parameters)
                 break
             except FloatingPointError as fault:
-                if last_good is None or history.rollbacks >= MAX_ROLLBACKS:
+                if last_good is None or self.history.rollbacks >= MAX_ROLLBACKS:
                     raise
-                history.rollbacks += 1
-                warnings.warn(f"{fault}; {last_good.roll_back()}", RuntimeWarning, stacklevel=2)
+                self.history.rollbacks += 1
+                warnings.warn(f"{fault}; {last_good.roll_back()}", RuntimeWarning, stacklevel=4)
         if last_good is not None:
             last_good.save()
-        val_elbo = elbo(model, guide, x_val, y_val).mean().item() if x_val is not None else math.nan
-        train_elbo, val_elbo = parallel.mean_over_processes(train_elbo), parallel.mean_over_processes(val_elbo)
-        history.append(epoch, train_elbo, val_elbo, kl_handler.weight, time.perf_counter() - start)
-        bar.set_postfix(train_elbo=f"{train_elbo:.3f}", val_elbo=f"{val_elbo:.3f}")
-        if best.update(epoch, val_elbo):
-            history.best_epoch = epoch
-        elif patience is not None and history.best_epoch is not None and epoch - history.best_epoch >= patience:
-            history.stopped_early = True
-        if on_epoch_end is not None:
-            on_epoch_end(_state(epoch, svi, history, best, generator))
-        spent = parallel.max_over_processes(history.wall_time) if distributed else history.wall_time
-        if history.stopped_early or (max_minutes is not None and spent >= 60 * max_minutes):
-            break
-    best.restore()
-    return history
+        return train_elbo
+
+    def _validation_elbo(self) -> float:
+        if self.x_val is None:
+            return math.nan
+        return elbo(self.model, self.guide, self.x_val, self.y_val, convention=self.inspection.convention).mean().item()
 
 
 def _state(epoch: int, svi: Stepper, history: History, best: _BestEpoch, generator: torch.Generator) -> TrainingState:
@@ -532,48 +620,47 @@ class _KLSchedule:
         self.handler.weight = linear_warmup(progress, self.beta, self.warmup_epochs)
 
 
-def _train_epoch(svi: Stepper, batches: Iterator, size: int, schedule: _KLSchedule) -> float:
+def _train_epoch(
+    svi: Stepper, batches: Iterator, size: int, schedule: _KLSchedule, parameters: _PairParameters
+) -> float:
     """One pass of SVI steps; returns the mean training objective per datum."""
     total, steps = 0.0, 0
     for step, (x, y) in enumerate(batches):
         schedule.set(step)
         where = f"at epoch {schedule.epoch}, step {step + 1}"
         try:
-            step_loss = svi.step(x, y=y, size=size)
+            step_loss = svi.step(x, y, size=size)
         except ValueError:
             # Distribution argument checks reject NaN parameters before any loss is computed.
-            broken = _nonfinite_parameters()
+            broken = parameters.nonfinite()
             if broken:
                 raise FloatingPointError(f"parameters {broken[:3]} became non-finite {where}; {REMEDIES}") from None
             raise
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"the loss became {step_loss} {where}; {REMEDIES}")
         total, steps = total + step_loss, steps + 1
-    broken = _nonfinite_parameters()
+    broken = parameters.nonfinite()
     if broken:  # the epoch's last step can break the parameters and still report a finite loss
         raise FloatingPointError(f"parameters {broken[:3]} became non-finite in epoch {schedule.epoch}; {REMEDIES}")
     return -total / (size * steps)
 
 
-def _nonfinite_parameters() -> list[str]:
-    return [name for name, value in _named_parameters().items() if not value.isfinite().all()]
-
-
 class _LastGood:
-    """Every parameter in Pyro's store and the optimizer state at the end of the last completed
-    epoch, to roll back to after a numerical fault."""
+    """The pair's parameters and the optimizer state at the end of the last completed epoch, to
+    roll back to after a numerical fault."""
 
-    def __init__(self, svi: Stepper) -> None:
+    def __init__(self, svi: Stepper, parameters: _PairParameters) -> None:
         self.svi = svi
+        self.pair = parameters
         self.save()  # after a resume, with the optimizer states still waiting for their first step
 
     def save(self) -> None:
-        self.parameters = {name: value.detach().clone() for name, value in _named_parameters().items()}
+        self.parameters = self.pair.copy()
         self.optimizer = copy.deepcopy(self.svi.optim.get_state())
 
     def roll_back(self) -> str:
         """Restore the saved state and halve the learning rate; says what it did."""
-        _copy_into(self.parameters)
+        self.pair.restore(self.parameters)
         optim = self.svi.optim
         lr = optim.lr * ROLLBACK_LR_FACTOR  # the current rate: a second fault in one epoch halves it again
         optim.restart(copy.deepcopy(self.optimizer))
@@ -582,10 +669,11 @@ class _LastGood:
 
 
 class _BestEpoch:
-    """The best validation ELBO so far and, for early stopping, a copy of the parameters then
-    (by parameter-store name)."""
+    """The best validation ELBO so far and, for early stopping, a copy of the pair's parameters
+    then (by parameter-store name)."""
 
-    def __init__(self, keep_parameters: bool) -> None:
+    def __init__(self, pair: _PairParameters, keep_parameters: bool) -> None:
+        self.pair = pair
         self.keep_parameters = keep_parameters
         self.val_elbo = -math.inf
         self.parameters: dict[str, torch.Tensor] | None = None
@@ -595,12 +683,18 @@ class _BestEpoch:
             return False
         self.val_elbo = val_elbo
         if self.keep_parameters:
-            self.parameters = {name: value.detach().clone() for name, value in _named_parameters().items()}
+            self.parameters = self.pair.copy()
         return True
 
     def restore(self) -> None:
         if self.parameters is not None:
-            _copy_into(self.parameters)
+            self.pair.restore(self.parameters)
+
+
+def _estimator_name(svi: Stepper) -> str:
+    if isinstance(svi, FastSVI):
+        return svi.estimator
+    return type(svi.loss_and_grads.__self__).__name__
 
 
 def _to_device(data: Data, device: torch.device) -> Data:

@@ -15,6 +15,7 @@ import torch
 from pyro import poutine
 
 import pyro_vae
+from pyro_vae.convention import Convention
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.scoring import log_weights
 
@@ -143,29 +144,47 @@ def test_scores_ignore_training_scales(ppca):
         assert torch.allclose(estimate, exact, atol=1e-3), name
 
 
-def test_site_outside_the_data_plate_is_refused():
+@pytest.mark.parametrize("guide_mean", [0.0, 0.7])
+def test_global_latent_is_held_at_the_guides_mean(guide_mean):
+    """A global site outside the data plate: scores are log p(x | shift = E_q[shift]), exactly."""
+
     def model(x, y=None, size=None):
         shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
         with pyro.plate("data", size, subsample=x):
             pyro.sample("x", dist.Normal(shift, 1.0).expand([2]).to_event(1), obs=x)
 
     def guide(x, y=None, size=None):
-        pyro.sample("shift", dist.Normal(0.0, 1.0))
+        pyro.sample("shift", dist.Normal(guide_mean, 0.5))
 
-    with pytest.raises(ValueError, match="'shift' is not inside"):
-        pyro_vae.elbo(model, guide, torch.zeros(3, 2))
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    expected = dist.Normal(guide_mean, 1.0).log_prob(x).sum(-1)
+    assert torch.allclose(pyro_vae.elbo(model, guide, x, num_samples=3), expected)
+    assert torch.allclose(pyro_vae.log_likelihood(model, guide, x, num_samples=3), expected)
 
 
-def test_model_without_observed_x_is_refused():
+def test_which_observed_site_holds_the_data():
     def model(x, y=None, size=None):
         with pyro.plate("data", size, subsample=x):
             pyro.sample("obs", dist.Normal(0.0, 1.0).expand([2]).to_event(1), obs=x)
 
+    def two_observed(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            pyro.sample("a", dist.Normal(0.0, 1.0).expand([2]).to_event(1), obs=x)
+            pyro.sample("b", dist.Normal(0.0, 2.0).expand([2]).to_event(1), obs=x)
+
     def guide(x, y=None, size=None):
         pass
 
-    with pytest.raises(ValueError, match="no observed sample site named 'x'"):
-        pyro_vae.log_likelihood(model, guide, torch.zeros(3, 2), num_samples=2)
+    x = torch.zeros(3, 2)
+    expected = dist.Normal(0.0, 1.0).log_prob(x).sum(-1)  # the one observed site is the data's
+    assert torch.allclose(pyro_vae.log_likelihood(model, guide, x, num_samples=2), expected)
+    with pytest.raises(ValueError, match=r"observed sites: \['a', 'b'\].*Convention\(observed_site"):
+        pyro_vae.elbo(two_observed, guide, x)
+    named = pyro_vae.elbo(two_observed, guide, x, convention=Convention(observed_site="b"))
+    both = expected + dist.Normal(0.0, 2.0).log_prob(x).sum(-1)  # a score has every per-datum site
+    assert torch.allclose(named, both)
+    with pytest.raises(ValueError, match="no observed sample site named 'c'"):
+        pyro_vae.elbo(two_observed, guide, x, convention=Convention(observed_site="c"))
 
 
 def test_latent_missing_from_guide_is_refused(ppca):
