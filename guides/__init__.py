@@ -1,7 +1,7 @@
 """Stock amortized guides q(z | x); imported as ``pyro_vae.guides``."""
 
 from pyro_vae.guides.amortized import AmortizedDelta, AmortizedNormal
-from pyro_vae.guides.auto import AutoAmortizedNormal, check_amortized
+from pyro_vae.guides.auto import AutoAmortizedNormal
 from pyro_vae.guides.conditional import ConditionalNormal
 
-__all__ = ["AmortizedDelta", "AmortizedNormal", "AutoAmortizedNormal", "ConditionalNormal", "check_amortized"]
+__all__ = ["AmortizedDelta", "AmortizedNormal", "AutoAmortizedNormal", "ConditionalNormal"]

@@ -13,7 +13,7 @@ its location and scale computed from ``x`` (and the labels ``y``)::
     guide = AutoAmortizedNormal(model, hidden=(256,))
     pyro_vae.fit(model, guide, x_train, epochs=30)
 
-:func:`check_amortized` rejects a non-amortized Pyro AutoGuide for a model with per-datum latents.
+:func:`pyro_vae.program.check_amortized` rejects Pyro's non-amortized AutoGuides and points here.
 
 References: Kingma & Welling (2014), "Auto-encoding variational Bayes"; Kucukelbir, Tran,
 Ranganath, Gelman & Blei (2017), "Automatic differentiation variational inference", JMLR 18.
@@ -31,9 +31,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoCallable, AutoGuide, AutoGuideList, AutoMessenger
 from pyro.nn import PyroModule
-from pyro.poutine.messenger import unwrap
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from torch.distributions import biject_to, constraints
@@ -494,32 +492,3 @@ class AutoAmortizedNormal(PyroModule):
                 "the data's shape: call the guide once on data (e.g. guide(x[:2])) before loading a state dict"
             )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
-
-
-def _unwrapped(guide: object) -> object:
-    return unwrap(guide.program if isinstance(guide, Bound) else guide)
-
-
-def _is_unamortized(guide: object) -> bool:
-    guide = _unwrapped(guide)
-    if isinstance(guide, AutoGuideList):
-        # A list that holds a callable (a hand-written or amortized guide) may leave the per-datum
-        # sites to it; one of AutoGuides only does not.
-        return not any(isinstance(part, AutoCallable) for part in guide)
-    return isinstance(guide, (AutoGuide, AutoMessenger)) and not isinstance(guide, AutoCallable)
-
-
-def check_amortized(guide: Callable, model_has_local_latents: bool) -> None:
-    """Raise :class:`TypeError` for one of Pyro's AutoGuides as the guide of a model with latent
-    sites in the data plate: an AutoGuide learns a variational parameter per latent value, one q(z)
-    per training row, and cannot score new data.
-
-    :param guide: the guide that is to be trained or used for scoring.
-    :param bool model_has_local_latents: whether the model has latent sites in the data plate.
-    """
-    if model_has_local_latents and _is_unamortized(guide):
-        name = type(_unwrapped(guide)).__name__
-        raise TypeError(
-            f"{name} is not amortized: it learns one q(z) per training row and cannot score new data; "
-            "use pyro_vae.guides.AutoAmortizedNormal(model)"
-        )

@@ -1,8 +1,10 @@
 """pyro_vae: variational autoencoders as Pyro programs.
 
-The core works with any model/guide pair that follows one convention: ``model(x, y=None,
-size=None)`` and ``guide(x, y=None, size=None)`` keep every per-datum sample site inside
-``pyro.plate("data", size, subsample=x)``, and the model observes the site ``"x"``.
+The core works with any model/guide pair that follows one convention (:mod:`pyro_vae.convention`):
+every per-datum sample site is inside the data plate (``pyro.plate("data", ...)``), the model
+observes the data at one site (``"x"``, or its only observed one), and sites outside the plate are
+global. Programs are called as their signatures allow (:mod:`pyro_vae.program`): ``model(x)``,
+``model(xs, ys)`` or ``model(x, y=None, size=None)``.
 
 - :func:`fit` trains by SVI (:mod:`pyro_vae.training`);
 - :func:`elbo` and :func:`log_likelihood` score every datum (:mod:`pyro_vae.scoring`);
@@ -16,14 +18,18 @@ command line (:mod:`pyro_vae.cli`, with ``python -m pyro_vae``) and the novelty 
 by ``import pyro_vae``.
 """
 
+from pyro_vae.auxiliary import auxiliary
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.convention import Convention
 from pyro_vae.scoring import elbo, log_likelihood, log_weights
 from pyro_vae.training import History, fit
 
 __version__ = "0.1.0"
 __all__ = [
+    "Convention",
     "History",
     "NoveltyDetector",
+    "auxiliary",
     "elbo",
     "fit",
     "load_checkpoint",

@@ -138,7 +138,7 @@ def decode(
     if latent is None or latent["type"] != "sample":
         raise ValueError(
             f"the model has no latent site {site!r} to condition on; its latent sites are "
-            f"{sorted(name for name, msg in trace.nodes.items() if msg['type'] == 'sample' and not msg['is_observed'])}"
+            f"{sorted(n for n, msg in sample_sites(trace).items() if not msg['is_observed'] and n != OBSERVED_SITE)}"
         )
     observed = trace.nodes[_data_site(trace, site, own_draw)]
     if mean:

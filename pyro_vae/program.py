@@ -24,7 +24,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
-from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide import AutoCallable, AutoGuide, AutoGuideList, AutoMessenger
 from pyro.poutine.messenger import Messenger, unwrap
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
@@ -293,12 +293,28 @@ def _likelihood_support(site: dict) -> tuple[constraints.Constraint | None, str]
     return fn.support, type(fn).__name__
 
 
-def _check_amortized(guide: Bound, local_latents: tuple[str, ...]) -> None:
-    target = unwrap(guide.program)
-    if isinstance(target, AutoGuide) and local_latents:
+def _is_unamortized(guide: Callable) -> bool:
+    guide = unwrap(guide.program if isinstance(guide, Bound) else guide)
+    if isinstance(guide, AutoGuideList):
+        # A list that holds a callable (a hand-written or amortized guide) may leave the per-datum
+        # sites to it; one of AutoGuides only does not.
+        return not any(isinstance(part, AutoCallable) for part in guide)
+    return isinstance(guide, (AutoGuide, AutoMessenger)) and not isinstance(guide, AutoCallable)
+
+
+def check_amortized(guide: Callable, model_has_local_latents: bool) -> None:
+    """Raise :class:`TypeError` for one of Pyro's AutoGuides as the guide of a model with latent
+    sites in the data plate: an AutoGuide learns a variational parameter per latent value, one q(z)
+    per training row, and cannot score new data.
+
+    :param guide: the guide that is to be trained or used for scoring.
+    :param bool model_has_local_latents: whether the model has latent sites in the data plate.
+    """
+    if model_has_local_latents and _is_unamortized(guide):
+        name = type(unwrap(guide.program if isinstance(guide, Bound) else guide)).__name__
         raise TypeError(
-            f"{type(target).__name__} is not amortized: it learns one q(z) per training row and cannot score "
-            "new data; use pyro_vae.guides.AutoAmortizedNormal(model), which encodes every datum with one network"
+            f"{name} is not amortized: it learns one q(z) per training row and cannot score new data; "
+            "use pyro_vae.guides.AutoAmortizedNormal(model), which encodes every datum with one network"
         )
 
 
@@ -333,7 +349,7 @@ def inspect_pair(
         )
     latents = latent_sites(guide_trace)
     local = tuple(name for name, site in latents.items() if data_frame(site, convention.data_plate) is not None)
-    _check_amortized(guide, local)
+    check_amortized(guide, bool(local))
     support, family = _likelihood_support(model_trace.nodes[observed])
     return Inspection(
         model=model,

@@ -15,8 +15,9 @@ from torch import nn
 from torch.nn.functional import one_hot, softplus
 
 import pyro_vae
-from pyro_vae.guides import AutoAmortizedNormal, check_amortized
+from pyro_vae.guides import AutoAmortizedNormal
 from pyro_vae.nets import MLP
+from pyro_vae.program import check_amortized
 
 
 @pytest.fixture(autouse=True)
@@ -382,3 +383,7 @@ def test_check_amortized_rejects_pyro_s_autoguides_for_per_datum_latents():
     combined.append(AutoAmortizedNormal(local_model))  # wrapped in an AutoCallable: it may hold the local sites
     check_amortized(combined, model_has_local_latents=True)
     check_amortized(AutoAmortizedNormal(local_model), model_has_local_latents=True)
+    x = torch.randn(20, 2)
+    with pytest.raises(TypeError, match=r"AutoNormal is not amortized"):  # fit and the scores check it
+        pyro_vae.fit(local_model, AutoNormal(local_model), x, epochs=1, validation=None)
+    pyro_vae.fit(global_model, AutoNormal(global_model), x, epochs=1, validation=None)
