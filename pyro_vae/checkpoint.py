@@ -1,5 +1,12 @@
 """One-file checkpoints: model and guide parameters, the configuration and the preprocessing.
 
+A model or guide is stored as the ``state_dict`` of its ``nn.Module`` (the module itself, or the
+module a bound method such as ``vae.model`` belongs to). Parameters that live only in Pyro's
+parameter store (``pyro.param`` statements, ``pyro.module`` of networks held elsewhere) are stored
+too when an ``example`` batch is given: the pair is traced on it to find the parameters it owns,
+and :func:`load_checkpoint` traces it again (given the same kind of ``example``) so that the
+program registers them, with their constraints, before their values are copied in.
+
 Everything is stored as tensors and plain data (the configuration as a JSON string), so a
 checkpoint is read with ``torch.load(..., weights_only=True)``, which cannot run code. Files are
 written to a temporary name, flushed to disk and renamed, so an interrupted save never leaves a
@@ -12,11 +19,16 @@ import json
 import os
 import pickle
 import pickletools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyro
 import torch
 from torch import nn
+from torch.distributions import transform_to
+
+from pyro_vae.program import inspect_pair
 
 FORMAT = "pyro-vae-checkpoint"
 VERSION = 1
@@ -33,47 +45,100 @@ class Checkpoint:
     preprocessing: dict | None
     arrays: dict[str, torch.Tensor]
     training: dict | None = None  # a pyro_vae.resume.TrainingState.to_dict(), to resume training
+    pyro_params: dict[str, torch.Tensor] | None = None  # constrained values of store-only parameters
 
-    def load_into(self, model: nn.Module | None = None, guide: nn.Module | None = None) -> None:
-        """Copy the stored parameters into ``model`` and ``guide`` (those given)."""
-        if model is not None:
-            _load_state(model, self.model_state, "model", self.path)
-        if guide is not None:
-            _load_state(guide, self.guide_state, "guide", self.path)
+    def load_into(self, model: Callable | None = None, guide: Callable | None = None, example: Example = None) -> None:
+        """Copy the stored parameters into ``model`` and ``guide`` (those given), and the
+        store-only parameters into Pyro's parameter store (the pair is traced on ``example`` first)."""
+        for part, state, what in ((model, self.model_state, "model"), (guide, self.guide_state, "guide")):
+            module = _module(part)
+            if module is not None:
+                _load_state(module, state, what, self.path)
+        if self.pyro_params:
+            _load_pyro_params(self.pyro_params, model, guide, example, self.path)
 
 
-def _state(part: nn.Module | None) -> dict:
+Example = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+
+
+def _module(part: Callable | None) -> nn.Module | None:
+    """The ``nn.Module`` holding a model's or guide's parameters: itself, or a bound method's owner."""
+    owner = getattr(part, "__self__", part)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def _state(part: Callable | None, example: Example) -> dict:
     if part is None:
         return {}
-    if not isinstance(part, nn.Module):
+    if not isinstance(part, nn.Module) and example is None:
         raise TypeError(
-            f"save_checkpoint stores nn.Module parameters, not a {type(part).__name__}; for a model or guide "
-            "written as a function, pass the nn.Module that holds its networks (e.g. an nn.ModuleDict)"
+            f"a model or guide given as a {type(part).__name__} may keep parameters in Pyro's parameter store "
+            "(pyro.param, pyro.module): pass example= (a batch of data, or (x, y)) so that save_checkpoint "
+            "traces it to find them, or pass the nn.Module itself"
         )
-    return part.state_dict()
+    module = _module(part)
+    return {} if module is None else module.state_dict()
+
+
+def _inspected(model: Callable, guide: Callable, example: Example):
+    x, y = example if isinstance(example, tuple) else (example, None)
+    return inspect_pair(model, guide, x, y)
+
+
+def _store_only_parameters(model: Callable | None, guide: Callable | None, example: Example) -> dict:
+    """Constrained values of the pair's parameters that no given module holds, by store name."""
+    if example is None or model is None or guide is None:
+        return {}
+    held = {id(p) for part in (model, guide) if _module(part) is not None for p in _module(part).parameters()}
+    store = pyro.get_param_store()
+    owned = _inspected(model, guide, example).parameters()
+    return {name: store[name].detach().clone() for name, tensor in owned.items() if id(tensor) not in held}
+
+
+def _load_pyro_params(values: dict, model: Callable, guide: Callable, example: Example, path: Path) -> None:
+    if model is None or guide is None:
+        return
+    if example is None:
+        raise ValueError(
+            f"{path} holds parameters of Pyro's parameter store ({sorted(values)[:3]}...); pass example= (a batch "
+            "of data) so the program registers them before they are loaded"
+        )
+    _inspected(model, guide, example)
+    store = pyro.get_param_store()
+    missing = sorted(set(values) - set(store.keys()))
+    if missing:
+        raise ValueError(f"{path} holds parameters {missing[:5]} that this model and guide do not have")
+    with torch.no_grad():
+        for name, value in values.items():
+            unconstrained = store._params[name]
+            unconstrained.copy_(transform_to(store._constraints[name]).inv(value.to(unconstrained)))
 
 
 def save_checkpoint(
     path: str | Path,
-    model: nn.Module | None,
-    guide: nn.Module | None,
+    model: Callable | None,
+    guide: Callable | None,
     config: dict | None = None,
     preprocessing: dict | None = None,
     arrays: dict[str, torch.Tensor] | None = None,
     training: dict | None = None,
+    *,
+    example: Example = None,
 ) -> Path:
     """Write ``model`` and ``guide`` parameters with ``config`` (JSON-serializable), the
     ``preprocessing`` state (:meth:`pyro_vae.preprocessing.Preprocessor.state_dict`) and any
     further named tensors ``arrays`` (e.g. a detector's training scores) and the ``training``
     state to resume from (:meth:`pyro_vae.resume.TrainingState.to_dict`) to ``path``,
-    atomically. Returns the path."""
+    atomically; with ``example`` (a batch of data, or ``(x, y)``), also the pair's parameters that
+    live only in Pyro's parameter store. Returns the path."""
     path = Path(path)
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "config": json.dumps(config or {}),
-        "model_state": _state(model),
-        "guide_state": _state(guide),
+        "model_state": _state(model, example),
+        "guide_state": _state(guide, example),
+        "pyro_params": _store_only_parameters(model, guide, example),
         "preprocessing": preprocessing,
         "arrays": arrays or {},
         "training": training,
@@ -140,9 +205,11 @@ def _load_state(part: nn.Module, state: dict, what: str, path: Path) -> None:
 
 def load_checkpoint(
     path: str | Path,
-    model: nn.Module | None = None,
-    guide: nn.Module | None = None,
+    model: Callable | None = None,
+    guide: Callable | None = None,
     map_location: str | torch.device = "cpu",
+    *,
+    example: Example = None,
 ) -> Checkpoint:
     """Read a checkpoint and, if given, load its parameters into ``model`` and ``guide``.
 
@@ -160,6 +227,7 @@ def load_checkpoint(
         payload["preprocessing"],
         payload.get("arrays", {}),
         payload.get("training"),
+        payload.get("pyro_params") or {},
     )
-    checkpoint.load_into(model, guide)
+    checkpoint.load_into(model, guide, example)
     return checkpoint

@@ -97,10 +97,17 @@ class _Scorer:
     def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, num_particles: int) -> torch.Tensor:
         """log p(x, z_k) - log q(z_k | x) of ``num_particles`` draws per datum, ``[particles, N]``."""
         if self.vectorized:
+            devices = [x.device] if x.device.type == "cuda" else []
             try:
-                with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim):
-                    pair = traces(self.model, self.guide, x, y)
-                return self._sum(*pair, x, num_particles, check_shapes=True)
+                with torch.random.fork_rng(devices=devices):  # kept only if the program takes the dimension
+                    with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim):
+                        pair = traces(self.model, self.guide, x, y)
+                    log_w = self._sum(*pair, x, num_particles, check_shapes=True)
+                    state = [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in devices]
+                torch.set_rng_state(state[0])
+                for device, device_state in zip(devices, state[1:], strict=True):
+                    torch.cuda.set_rng_state(device_state, device)
+                return log_w
             except (RuntimeError, ValueError, IndexError, TypeError):  # the program takes no particle dimension
                 self.vectorized = False
         with poutine.block():
