@@ -9,7 +9,7 @@ import pyro.optim
 import pytest
 import torch
 
-from pyro_vae.optim import FusedAdam, JointOptim, make_optimizer
+from pyro_vae.optim import FusedAdam, make_optimizer
 
 
 def test_fused_adam_equals_adam_also_for_non_contiguous_gradients():
@@ -45,16 +45,24 @@ def _store_parameters(seed: int = 0) -> list[torch.Tensor]:
     return [value for _, value in pyro.get_param_store().named_parameters()]
 
 
+def _gradients(step: int, parameters: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The fixed pseudo-gradients of one step."""
+    generator = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(parameter.shape, generator=generator) for parameter in parameters]
+
+
+def _chosen(step: int, used: list[int] | None, count: int):
+    return used if used is not None and step % 2 else range(count)
+
+
 def _run(optim, steps: int, used: list[int] | None = None, start: int = 0) -> list[torch.Tensor]:
     """Steps with fixed pseudo-gradients; on odd steps ``used`` picks the parameters stepped (the
     others hold a zero gradient, as Pyro's SVI leaves them: they must not move, though Adam's
     momentum would move them)."""
     parameters = [value for _, value in pyro.get_param_store().named_parameters()]
     for step in range(start, start + steps):
-        generator = torch.Generator().manual_seed(100 + step)
-        chosen = used if used is not None and step % 2 else range(len(parameters))
-        for index, parameter in enumerate(parameters):
-            gradient = torch.randn(parameter.shape, generator=generator)
+        chosen = _chosen(step, used, len(parameters))
+        for index, (parameter, gradient) in enumerate(zip(parameters, _gradients(step, parameters), strict=True)):
             parameter.grad = gradient if index in chosen else torch.zeros_like(parameter)
         optim([parameters[index] for index in chosen])
         for parameter in parameters:
@@ -62,32 +70,66 @@ def _run(optim, steps: int, used: list[int] | None = None, start: int = 0) -> li
     return [parameter.detach().clone() for parameter in parameters]
 
 
-@pytest.mark.parametrize(
-    ("name", "reference"),
-    [
-        ("adam", lambda: pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01})),
-        ("clipped-adam", lambda: pyro.optim.ClippedAdam({"lr": 0.01, "clip_norm": 10.0})),
-    ],
-)
-def test_joint_optimizer_steps_like_one_optimizer_per_parameter(name, reference):
-    """Same steps as Pyro's per-parameter optimizers, also when some parameters miss a step."""
+def _step_counts(state: dict[str, dict]) -> dict[str, int]:
+    return {name: int(entry["state"][0]["step"]) for name, entry in state.items() if entry["state"]}
+
+
+def _torch_adam(
+    steps: int, used: list[int] | None = None, clip_norm: float | None = None, lr: list[float] = (0.01,)
+) -> list[torch.Tensor]:
+    """The reference for ``_run``: the same steps taken outside Pyro and pyro_vae, by one plain
+    ``torch.optim.Adam`` per tensor (the single-tensor kernel, not the fused one), each stepping
+    only when its tensor is chosen; ``clip_norm`` clips each gradient first with torch's
+    ``clip_grad_norm_``; ``lr[step]`` (the last entry for later steps) is the rate of each step."""
+    parameters = [value.detach().clone().requires_grad_() for value in _store_parameters()]
+    optimizers = [torch.optim.Adam([parameter], lr=lr[0], foreach=False, fused=False) for parameter in parameters]
+    for step in range(steps):
+        for index in _chosen(step, used, len(parameters)):
+            parameters[index].grad = _gradients(step, parameters)[index]
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters[index], clip_norm)
+            optimizers[index].param_groups[0]["lr"] = lr[min(step, len(lr) - 1)]
+            optimizers[index].step()
+    return [parameter.detach() for parameter in parameters]
+
+
+def test_joint_adam_steps_like_torch_adam_per_parameter():
+    """The same steps as one plain torch Adam per tensor, also when some parameters miss a step
+    (those keep their value and their moments: no step, unlike a zero-gradient Adam step)."""
     _store_parameters()
-    ours = _run(make_optimizer(name, 0.01, None), 6, used=[0, 2])
+    ours = _run(make_optimizer("adam", 0.01, None), 6, used=[0, 2])
+    expected = _torch_adam(6, used=[0, 2])
+    start = _store_parameters()
+    for mine, theirs, initial in zip(ours, expected, start, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+        assert (mine - initial).abs().max() > 1e-3
+    # the missed steps matter: tensor 1, stepped at every step instead, ends elsewhere
+    assert (ours[1] - _torch_adam(6)[1]).abs().max() > 1e-3
+
+
+def test_joint_clipped_adam_steps_like_pyros_per_parameter_clipped_adam():
+    """Pyro's ClippedAdam, which clamps each gradient element, through JointOptim: the same steps
+    as Pyro's own per-parameter wrapper of it, also when some parameters miss a step."""
     _store_parameters()
-    expected = _run(reference(), 6, used=[0, 2])
+    ours = _run(make_optimizer("clipped-adam", 0.01, None), 6, used=[0, 2])
+    _store_parameters()
+    expected = _run(pyro.optim.ClippedAdam({"lr": 0.01, "clip_norm": 10.0}), 6, used=[0, 2])
     start = _store_parameters()
     for mine, theirs, initial in zip(ours, expected, start, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
         assert (mine - initial).abs().max() > 1e-3
 
 
-def test_joint_optimizer_clips_each_parameter_like_pyro():
+def test_joint_optimizer_clips_each_parameter_like_torch():
+    """clip_norm clips each tensor's gradient to that norm before its Adam step, as torch's
+    clip_grad_norm_ on that tensor alone does (not the norm over all tensors together)."""
     _store_parameters()
     ours = _run(make_optimizer("adam", 0.01, clip_norm=0.5), 3)
-    _store_parameters()
-    expected = _run(pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01}, clip_args={"clip_norm": 0.5}), 3)
+    expected = _torch_adam(3, clip_norm=0.5)
     for mine, theirs in zip(ours, expected, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    unclipped = _torch_adam(3)
+    assert max((mine - theirs).abs().max() for mine, theirs in zip(ours, unclipped, strict=True)) > 1e-4
 
 
 def test_state_moves_between_joint_and_per_parameter_optimizers():
@@ -125,7 +167,9 @@ def test_restart_restores_states_and_forgets_the_rest():
         for (_, value), start in zip(pyro.get_param_store().named_parameters(), after_two, strict=True):
             value.copy_(start)
     optim.restart(saved)
-    assert _run(optim, 2, start=2)[0].equal(continued[0])  # the same two steps again
+    repeated = _run(optim, 2, start=2)  # the same two steps again
+    assert all(mine.equal(theirs) for mine, theirs in zip(repeated, continued, strict=True))
+    assert not continued[0].equal(after_two[0])
 
     optim.restart({})  # no saved state: every parameter starts afresh (step counts from 1)
     _run(optim, 1)
@@ -133,13 +177,17 @@ def test_restart_restores_states_and_forgets_the_rest():
 
 
 def test_learning_rate_is_one_knob():
+    """Setting lr changes the rate of every later step of every parameter (checked against torch
+    Adam whose rate changes at that step) and the rate its saved states carry."""
     _store_parameters()
     optim = make_optimizer("adam", 0.01, None)
     _run(optim, 1)
     optim.lr = 0.005
-    assert optim.optimizer.param_groups[0]["lr"] == 0.005
     assert all(state["param_groups"][0]["lr"] == 0.005 for state in optim.get_state().values())
-    assert isinstance(optim, JointOptim)
+    ours = _run(optim, 2, start=1)
+    for mine, theirs, unchanged in zip(ours, _torch_adam(3, lr=[0.01, 0.005]), _torch_adam(3), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+        assert (mine - unchanged).abs().max() > 1e-3
 
 
 def test_a_late_parameter_keeps_the_learning_rate_and_waiting_states_are_kept():
@@ -165,4 +213,10 @@ def test_a_late_parameter_keeps_the_learning_rate_and_waiting_states_are_kept():
     assert optim.lr == 0.005 and optim.optimizer.param_groups[0]["lr"] == 0.005
     assert optim.get_state()["b"]["state"][0]["step"].item() == 3  # two saved steps and this one
     assert "c" in optim.get_state()
-    optim([])  # nothing to step: nothing happens
+    before = [value.detach().clone() for _, value in pyro.get_param_store().named_parameters()]
+    states = copy.deepcopy(optim.get_state())
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    optim([])  # nothing to step: nothing moves, no state changes
+    after = [value.detach() for _, value in pyro.get_param_store().named_parameters()]
+    assert all(old.equal(new) for old, new in zip(before, after, strict=True))
+    assert _step_counts(optim.get_state()) == _step_counts(states) == {"a": 3, "b": 3, "c": 2}
