@@ -75,7 +75,13 @@ def _check_site(msg: dict, in_guide: bool, replay: dict | None) -> None:
 def check_traces(model_trace: Trace, guide_trace: Trace, max_plate_nesting: int) -> None:
     """Raise :exc:`NotServed` unless :class:`FastSVI` computes ``Trace_ELBO`` on these traces of
     the pair: Pyro's own checks (with validation enabled) find no error or warning, and every
-    site is served."""
+    site is served. Enumerated sites are looked for first: the traces are made without
+    enumeration, on which Trace_ELBO's checks see a model-side enumerated site as a model latent
+    the guide lacks (and would hand the pair to ``Trace_ELBO``, which samples it from the prior)."""
+    for trace in (model_trace, guide_trace):
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and site["infer"].get("enumerate"):
+                raise NotServed(f"site {site['name']!r} is enumerated", TraceEnum_ELBO)
     if is_validation_enabled():
         try:
             with warnings.catch_warnings():
@@ -197,8 +203,14 @@ class FastSVI:
 
     def _step(self, *args, **kwargs) -> float:
         loss = 0.0
-        for _ in range(self.num_particles):
-            particle_loss, surrogate = self._particle(*args, **kwargs)
+        for particle in range(self.num_particles):
+            try:
+                particle_loss, surrogate = self._particle(*args, **kwargs)
+            except NotServed:
+                if particle:  # earlier particles' gradients must not reach the fallback's step
+                    for _, value in pyro.get_param_store().named_parameters():
+                        value.grad = None
+                raise
             loss += particle_loss / self.num_particles
             if getattr(surrogate, "requires_grad", False):
                 (surrogate / self.num_particles).backward()
