@@ -223,11 +223,19 @@ def test_semi_supervised_training_reports_both_classifiers(conditional_run):
     assert config["conditional"] and config["labels_per_class"] == 10 and config["num_classes"] == 10
     assert config["training"]["loss"] == "enum"
     metrics = json.loads((conditional_run / "metrics.json").read_text())
-    assert 0.0 <= metrics["classifier_accuracy"] <= 1.0
-    assert 0.0 <= metrics["generative_classifier_accuracy"] <= 1.0
+    # Ten classes: chance is 0.1. After 3 epochs with 10 labels per class q(y | x) reached 0.50,
+    # 0.61 and 0.76 (seeds 0, 1, 2; 2026-12-02); a classifier that ignores x, or is scored
+    # against shuffled labels, stays near 0.1.
+    assert metrics["classifier_accuracy"] > 0.3
     with (conditional_run / "novelty.csv").open() as handle:
-        row = next(csv.DictReader(handle))
-    assert {"predicted", "log_likelihood_given_label", "label_posterior"} <= set(row)
+        rows = list(csv.DictReader(handle))
+    assert {"predicted", "log_likelihood_given_label", "label_posterior"} <= set(rows[0])
+    # The generative classifier is still at chance after 3 epochs (0.09, 0.12, 0.11 for those
+    # seeds), so it is held to its own per-datum predictions: the reported accuracy is the share
+    # of the test digits in novelty.csv whose predicted class is their label.
+    assert len(rows) == 359  # the digits' test split
+    agreeing = sum(row["predicted"] == row["label"] for row in rows) / len(rows)
+    assert metrics["generative_classifier_accuracy"] == pytest.approx(agreeing, abs=1e-6)
     assert (conditional_run / "style_transfer.png").exists()
 
 
