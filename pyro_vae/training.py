@@ -629,7 +629,7 @@ def _train_epoch(
         schedule.set(step)
         where = f"at epoch {schedule.epoch}, step {step + 1}"
         try:
-            step_loss = svi.step(x, y, size=size)
+            step_loss = svi.step(x, y=y, size=size)
         except ValueError:
             # Distribution argument checks reject NaN parameters before any loss is computed.
             broken = parameters.nonfinite()
