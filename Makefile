@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean results quote
 
 install: $(STAMP)
 
@@ -21,6 +21,17 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Numbers quoted in README.md and docs/ come from the experiments' summary lines, stored in
+# docs/results/<name>.txt. `make results` runs the experiments whose results file is missing (or
+# those named: make results RESULTS="importance_sampling_gap pca_vs_autoencoder"; SNAPSHOT=1 runs
+# the committed code instead of the working tree's), stores their summary lines and rewrites every
+# marked number; `make quote` only rewrites them from the stored results.
+results: $(STAMP)
+	$(BIN)/python experiments/quote_results.py run $(if $(SNAPSHOT),--snapshot) $(RESULTS)
+
+quote: $(STAMP)
+	$(BIN)/python experiments/quote_results.py quote
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
