@@ -82,8 +82,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--loss",
         choices=[AUTO, *sorted(LOSSES)],
-        help="ELBO implementation (default: enum with missing labels, else auto: a lean Trace_ELBO "
-        "for reparameterizable guides, Pyro's Trace_ELBO otherwise)",
+        help="ELBO implementation (default: auto, chosen by fit: TraceEnum_ELBO for a guide that enumerates, "
+        "as with missing labels, a lean Trace_ELBO for reparameterizable guides, Pyro's Trace_ELBO otherwise)",
     )
     parser.add_argument("--particles", type=int, default=1, help="ELBO particles per step (vectorized)")
     parser.add_argument("--beta", type=float, default=1.0, help="KL weight")

@@ -112,12 +112,6 @@ def _training_data(args: argparse.Namespace, config: dict, train_x: torch.Tensor
     return train_x, hide_labels(data.train_y, args.labels_per_class, args.seed)
 
 
-def _loss(args: argparse.Namespace) -> str:
-    if args.loss is not None:
-        return args.loss
-    return "enum" if args.labels_per_class is not None else AUTO
-
-
 def _describe(args: argparse.Namespace, config: dict, count: int, device: torch.device, processes: int) -> str:
     kind = "conditional VAE" if config.get("conditional") else f"VAE ({args.guide} guide)"
     if config.get("labels_per_class") is not None:
@@ -240,7 +234,7 @@ def _fit(args, config, model, guide, data, device, progress, on_epoch_end, resum
         batch_size=args.batch_size,
         lr=args.lr,
         clip_norm=args.clip_norm,
-        loss=_loss(args),
+        loss=args.loss or AUTO,
         num_particles=args.particles,
         vectorize_particles=args.particles > 1,
         beta=args.beta,
@@ -262,7 +256,7 @@ def _finish(args, config, model, guide, preprocessor, history, last_state, data,
     config["training"] = {
         key: getattr(args, key)
         for key in ("epochs", "batch_size", "lr", "clip_norm", "particles", "beta", "warmup", "seed")
-    } | {"loss": _loss(args)}
+    } | {"loss": args.loss or AUTO}
     training = last_state[0].to_dict() if last_state else None
     written = [
         save_checkpoint(out / CHECKPOINT_NAME, model, guide, config, preprocessor.state_dict(), training=training)
