@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
@@ -23,7 +24,7 @@ from pyro_vae.cli.report import (
     score_table,
     style_transfer,
 )
-from pyro_vae.cli.stock import CHECKPOINT_NAME, build_pair, checkpoint_path
+from pyro_vae.cli.stock import CHECKPOINT_NAME, Guide, Model, build_pair, checkpoint_path
 from pyro_vae.data import DataSplits, hide_labels, load_dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.preprocessing import Preprocessor
@@ -104,25 +105,6 @@ def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict
     return config
 
 
-def _training_data(args: argparse.Namespace, config: dict, train_x: torch.Tensor, data: DataSplits):
-    if not config.get("conditional"):
-        return train_x
-    if args.labels_per_class is None:
-        return train_x, data.train_y
-    return train_x, hide_labels(data.train_y, args.labels_per_class, args.seed)
-
-
-def _describe(args: argparse.Namespace, config: dict, count: int, device: torch.device, processes: int) -> str:
-    kind = "conditional VAE" if config.get("conditional") else f"VAE ({args.guide} guide)"
-    if config.get("labels_per_class") is not None:
-        kind = f"semi-supervised conditional VAE ({args.labels_per_class} labels per class)"
-    return (
-        f"training a {args.arch} {kind}, {config['likelihood']} likelihood, {args.latent_dim}-d latent, "
-        f"on {count} {args.dataset} data of shape {tuple(config['x_shape'])}, on {device}"
-        + (f" in {processes} processes" if processes > 1 else "")
-    )
-
-
 def _resumed(args: argparse.Namespace) -> tuple[argparse.Namespace, Checkpoint]:
     """The arguments a run was started with, and its last checkpoint, for ``--resume DIR``."""
     checkpoint = load_checkpoint(checkpoint_path(args.resume))
@@ -154,187 +136,300 @@ def _check_launch(args: argparse.Namespace) -> None:
         raise ValueError("started by torchrun with several processes but without --distributed; add --distributed")
 
 
-def run(args: argparse.Namespace) -> int:
-    checkpoint = None
-    if args.resume:
-        args, checkpoint = _resumed(args)
-        out = checkpoint.path.parent
-    else:
-        out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}")
-        _check_out_dir(out, args.overwrite)
+def _launch(args: argparse.Namespace) -> torch.device:
+    """This process's device; with ``--distributed``, after joining torchrun's process group."""
     _check_launch(args)
     device = resolve_device(args.device)
-    if args.distributed:
-        device = parallel.initialize(device)
-    writer = parallel.is_writer()
-    with parallel.rank_zero_first():  # a download happens once
+    return parallel.initialize(device) if args.distributed else device
+
+
+def _new_out_dir(args: argparse.Namespace) -> Path:
+    """``--out`` (default ``runs/<dataset>``), refused if it holds a run and ``--overwrite`` is not given."""
+    out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}")
+    _check_out_dir(out, args.overwrite)
+    return out
+
+
+def _checked_data(args: argparse.Namespace) -> DataSplits:
+    """The data set, downloaded once when several processes start together, its splits checked."""
+    with parallel.rank_zero_first():
         data = load_dataset(args.dataset, args.data_dir, args.download)
     check_data(data.train_x, f"{args.dataset} training data")
     check_data(data.test_x, f"{args.dataset} test data")
-    likelihood = choose_likelihood(args.likelihood, data)
-    preprocessor = choose_preprocessor(likelihood, data)
-    train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
-    config = _config(args, data, likelihood) | {"arguments": _arguments(args)}
-    pyro.set_rng_seed(args.seed)
-    model, guide = build_pair(config)
-    model.likelihood.check_support(train_x)
-    resume = None
-    if checkpoint is not None:
-        checkpoint.load_into(model, guide)
-        resume = TrainingState.from_dict(checkpoint.training)
-        print(f"resuming {out} after epoch {resume.epoch} of {args.epochs}")
-    if writer:
-        print(_describe(args, config, len(train_x), device, parallel.world_size()))
-    progress = False if args.quiet or not writer else None
-    out.mkdir(parents=True, exist_ok=True)
-    last_state: list[TrainingState] = [] if resume is None else [resume]
+    return data
 
-    def save_epoch(state: TrainingState) -> None:
-        last_state[:] = [state]
-        if not writer:
-            return
-        save_checkpoint(
-            out / CHECKPOINT_NAME, model, guide, config, preprocessor.state_dict(), training=state.to_dict()
+
+@dataclass
+class TrainingRun:
+    """One ``pyro-vae train``: what it was asked for, its data, model and guide, and where it writes.
+
+    :meth:`start` prepares it from the command line (a new run or ``--resume``), :meth:`train`
+    fits it, writing a checkpoint after every epoch, and :meth:`finish` writes the run directory
+    (rank 0 only).
+    """
+
+    args: argparse.Namespace
+    out: Path
+    device: torch.device
+    writer: bool  # this process writes files (decided while the process group is alive)
+    data: DataSplits
+    preprocessor: Preprocessor
+    train_x: torch.Tensor
+    test_x: torch.Tensor
+    config: dict
+    model: Model
+    guide: Guide
+    resume: TrainingState | None = None
+    last_state: TrainingState | None = None
+    history: History | None = None
+
+    @classmethod
+    def start(cls, args: argparse.Namespace) -> TrainingRun:
+        """Resolve the options, load and preprocess the data, build the seeded model and guide and,
+        for ``--resume``, load the checkpoint's parameters and training state."""
+        args, checkpoint = _resumed(args) if args.resume else (args, None)
+        out = _new_out_dir(args) if checkpoint is None else checkpoint.path.parent
+        run = cls._build(args, out, _launch(args))
+        if checkpoint is not None:
+            run.continue_from(checkpoint)
+        return run
+
+    @classmethod
+    def _build(cls, args: argparse.Namespace, out: Path, device: torch.device) -> TrainingRun:
+        """The data, preprocessed, and the model and guide seeded with ``--seed``."""
+        data = _checked_data(args)
+        likelihood = choose_likelihood(args.likelihood, data)
+        preprocessor = choose_preprocessor(likelihood, data)
+        train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
+        config = _config(args, data, likelihood) | {"arguments": _arguments(args)}
+        pyro.set_rng_seed(args.seed)
+        model, guide = build_pair(config)
+        model.likelihood.check_support(train_x)
+        return cls(
+            args=args,
+            out=out,
+            device=device,
+            writer=parallel.is_writer(),
+            data=data,
+            preprocessor=preprocessor,
+            train_x=train_x,
+            test_x=test_x,
+            config=config,
+            model=model,
+            guide=guide,
         )
 
-    try:
-        history = _fit(
-            args,
-            config,
-            model,
-            guide,
-            _training_data(args, config, train_x, data),
-            device,
-            progress,
-            save_epoch,
-            resume,
+    def continue_from(self, checkpoint: Checkpoint) -> None:
+        """Take the parameters and the training state of an interrupted run's last epoch."""
+        checkpoint.load_into(self.model, self.guide)
+        self.resume = self.last_state = TrainingState.from_dict(checkpoint.training)
+        print(f"resuming {self.out} after epoch {self.resume.epoch} of {self.args.epochs}")
+
+    @property
+    def loss(self) -> str:
+        """The estimator asked for; ``auto`` lets :func:`~pyro_vae.fit` choose (``enum`` for a guide
+        that enumerates, as the semi-supervised one does)."""
+        return self.args.loss or AUTO
+
+    @property
+    def progress(self) -> bool | None:
+        """A progress bar on a terminal, in the writing process, unless ``--quiet``."""
+        return False if self.args.quiet or not self.writer else None
+
+    def describe(self) -> str:
+        """One line: what is trained, on what, where."""
+        args, config, processes = self.args, self.config, parallel.world_size()
+        kind = "conditional VAE" if config.get("conditional") else f"VAE ({args.guide} guide)"
+        if config.get("labels_per_class") is not None:
+            kind = f"semi-supervised conditional VAE ({args.labels_per_class} labels per class)"
+        return (
+            f"training a {args.arch} {kind}, {config['likelihood']} likelihood, {args.latent_dim}-d latent, "
+            f"on {len(self.train_x)} {args.dataset} data of shape {tuple(config['x_shape'])}, on {self.device}"
+            + (f" in {processes} processes" if processes > 1 else "")
         )
-    except KeyboardInterrupt:
-        done = f"epoch {last_state[0].epoch} is saved" if last_state else "no epoch was completed"
-        print(f"\ninterrupted: {done}; continue with: pyro-vae train --resume {out}", file=sys.stderr)
-        return 130
-    parallel.leave()  # the report needs no other process
-    if not writer:
-        return 0
-    try:
-        return _finish(
-            args, config, model, guide, preprocessor, history, last_state, data, test_x, device, out, progress
+
+    def training_data(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``x``; with ``--conditional`` the pair ``(x, y)``, ``y`` with the hidden labels of
+        ``--labels-per-class`` marked missing."""
+        if not self.config.get("conditional"):
+            return self.train_x
+        labels = self.data.train_y
+        if self.args.labels_per_class is not None:
+            labels = hide_labels(labels, self.args.labels_per_class, self.args.seed)
+        return self.train_x, labels
+
+    def save_checkpoint(self, training: dict | None) -> Path:
+        """The model, guide, configuration and preprocessing, with ``training`` (a training state)."""
+        return save_checkpoint(
+            self.out / CHECKPOINT_NAME,
+            self.model,
+            self.guide,
+            self.config,
+            self.preprocessor.state_dict(),
+            training=training,
         )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted while writing the report; the trained model is saved in {out}", file=sys.stderr)
-        return 130
 
+    def save_epoch(self, state: TrainingState) -> None:
+        """After every epoch: keep its state, and (rank 0) checkpoint it for ``--resume``."""
+        self.last_state = state
+        if self.writer:
+            self.save_checkpoint(state.to_dict())
 
-def _fit(args, config, model, guide, data, device, progress, on_epoch_end, resume) -> History:
-    return fit(
-        model,
-        guide,
-        data,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        clip_norm=args.clip_norm,
-        loss=args.loss or AUTO,
-        num_particles=args.particles,
-        vectorize_particles=args.particles > 1,
-        beta=args.beta,
-        warmup_epochs=args.warmup,
-        validation=args.validation,
-        patience=args.patience,
-        device=str(device),
-        seed=args.seed,
-        progress=progress,
-        on_epoch_end=on_epoch_end,
-        resume=resume,
-        on_nonfinite=args.on_nonfinite,
-        distributed=args.distributed,
-    )
+    def train(self) -> History:
+        """Fit the model and guide by SVI with the command line's options."""
+        args = self.args
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.history = fit(
+            self.model,
+            self.guide,
+            self.training_data(),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            clip_norm=args.clip_norm,
+            loss=self.loss,
+            num_particles=args.particles,
+            vectorize_particles=args.particles > 1,
+            beta=args.beta,
+            warmup_epochs=args.warmup,
+            validation=args.validation,
+            patience=args.patience,
+            device=str(self.device),
+            seed=args.seed,
+            progress=self.progress,
+            on_epoch_end=self.save_epoch,
+            resume=self.resume,
+            on_nonfinite=args.on_nonfinite,
+            distributed=args.distributed,
+        )
+        return self.history
 
+    def saved_so_far(self) -> str:
+        """What an interruption of training leaves."""
+        return f"epoch {self.last_state.epoch} is saved" if self.last_state else "no epoch was completed"
 
-def _finish(args, config, model, guide, preprocessor, history, last_state, data, test_x, device, out, progress) -> int:
-    """Write the final checkpoint, history, figures and the test report."""
-    config["training"] = {
-        key: getattr(args, key)
-        for key in ("epochs", "batch_size", "lr", "clip_norm", "particles", "beta", "warmup", "seed")
-    } | {"loss": args.loss or AUTO}
-    training = last_state[0].to_dict() if last_state else None
-    written = [
-        save_checkpoint(out / CHECKPOINT_NAME, model, guide, config, preprocessor.state_dict(), training=training)
-    ]
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    history.to_csv(out / "history.csv")
-    written += [out / "config.json", out / "history.csv"]
-    written.append(plots.plot_history(history, out / "elbo.png", f"{args.dataset}: ELBO per datum"))
-    model.eval()
-    guide.eval()
-    test_x, test_y = test_x.to(device), None if data.test_y is None else data.test_y.to(device)
-    report = _conditional_report if config.get("conditional") else _report
-    start = time.perf_counter()
-    metrics, report_files = report(args, config, model, guide, test_x, test_y, out, progress)
-    metrics |= {
-        "score_samples": args.score_samples,
-        "train_seconds": history.wall_time,
-        "score_seconds": time.perf_counter() - start,
-        "epochs_run": len(history.epoch),
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    written += [*report_files, out / "metrics.json"]
-    print(", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
-    print(f"wrote to {out}/:")
-    for path in written:
-        print(f"  {path.name}")
-    return 0
+    def finish(self) -> list[Path]:
+        """Write the final checkpoint, history, figures and the test report; print the test
+        metrics and the files written."""
+        written = self._write_training()
+        metrics, report_files = self._evaluate()
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        written += [*report_files, self.out / "metrics.json"]
+        print(", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
+        print(f"wrote to {self.out}/:")
+        for path in written:
+            print(f"  {path.name}")
+        return written
 
+    def _write_training(self) -> list[Path]:
+        """The checkpoint with the training options, ``config.json``, ``history.csv`` and ``elbo.png``."""
+        args, out = self.args, self.out
+        options = ("epochs", "batch_size", "lr", "clip_norm", "particles", "beta", "warmup", "seed")
+        self.config["training"] = {key: getattr(args, key) for key in options} | {"loss": self.loss}
+        written = [self.save_checkpoint(None if self.last_state is None else self.last_state.to_dict())]
+        (out / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        self.history.to_csv(out / "history.csv")
+        written += [out / "config.json", out / "history.csv"]
+        written.append(plots.plot_history(self.history, out / "elbo.png", f"{args.dataset}: ELBO per datum"))
+        return written
 
-def _report(args, config, model, guide, test_x, test_y, out: Path, progress) -> tuple[dict, list[Path]]:
-    """Samples, reconstructions and the novelty report of a plain VAE."""
-    written = []
-    if test_x.dim() == 4:
+    def _evaluate(self) -> tuple[dict, list[Path]]:
+        """The test report and its metrics, with the time it took and the time training took."""
+        self.model.eval()
+        self.guide.eval()
+        test_x = self.test_x.to(self.device)
+        test_y = None if self.data.test_y is None else self.data.test_y.to(self.device)
+        report = self._conditional_report if self.config.get("conditional") else self._report
+        start = time.perf_counter()
+        metrics, written = report(test_x, test_y)
+        metrics |= {
+            "score_samples": self.args.score_samples,
+            "train_seconds": self.history.wall_time,
+            "score_seconds": time.perf_counter() - start,
+            "epochs_run": len(self.history.epoch),
+        }
+        return metrics, written
+
+    def _report(self, test_x: torch.Tensor, test_y: torch.Tensor | None) -> tuple[dict, list[Path]]:
+        """Samples, reconstructions and the novelty report of a plain VAE."""
+        written = self._image_figures(test_x) if test_x.dim() == 4 else []
+        rows = score_table(self.model, self.guide, test_x, test_y, self.args.score_samples, self.progress)
+        name = f"{self.args.dataset} test data"
+        written += novelty_report(rows, test_x, self.out, name, score_name(self.config))
+        metrics = {
+            "test_elbo": sum(row["elbo"] for row in rows) / len(rows),
+            "test_log_likelihood": sum(row["log_likelihood"] for row in rows) / len(rows),
+        }
+        return metrics, written
+
+    def _image_figures(self, test_x: torch.Tensor) -> list[Path]:
+        """64 samples, and 20 test images beside their reconstructions."""
+        dataset, out = self.args.dataset, self.out
         with torch.no_grad():
-            samples = model.decode(model.prior().sample((64,)))
+            samples = self.model.decode(self.model.prior().sample((64,)))
             shown = test_x[:20]
-            reconstructions = model.decode(guide.posterior(shown).mean)
-        written.append(plots.image_grid(samples, out / "samples.png", f"{args.dataset}: 64 samples (means of p(x|z))"))
-        written.append(
-            plots.reconstruction_grid(
-                shown, reconstructions, out / "reconstructions.png", f"{args.dataset}: test data and reconstructions"
-            )
+            reconstructions = self.model.decode(self.guide.posterior(shown).mean)
+        title = f"{dataset}: test data and reconstructions"
+        return [
+            plots.image_grid(samples, out / "samples.png", f"{dataset}: 64 samples (means of p(x|z))"),
+            plots.reconstruction_grid(shown, reconstructions, out / "reconstructions.png", title),
+        ]
+
+    def _conditional_report(self, test_x: torch.Tensor, test_y: torch.Tensor) -> tuple[dict, list[Path]]:
+        """Class grid, style transfer, classifier accuracies and the novelty report of a
+        conditional VAE; log p(x | y) is estimated with K = --score-samples per class."""
+        model, guide, classes = self.model, self.guide, self.config["num_classes"]
+        written = self._class_figures(test_x, test_y) if test_x.dim() == 4 else []
+        rows, scores = conditional_score_table(
+            model, guide, test_x, test_y, classes, self.args.score_samples, self.progress
         )
-    rows = score_table(model, guide, test_x, test_y, args.score_samples, progress)
-    written += novelty_report(rows, test_x, out, f"{args.dataset} test data", score_name(config))
-    metrics = {
-        "test_elbo": sum(row["elbo"] for row in rows) / len(rows),
-        "test_log_likelihood": sum(row["log_likelihood"] for row in rows) / len(rows),
-    }
-    return metrics, written
+        written += novelty_report(rows, test_x, self.out, f"{self.args.dataset} test data", "log p(x)")
+        metrics = {
+            "test_log_likelihood": scores.log_px.mean().item(),
+            "generative_classifier_accuracy": (scores.predict() == test_y).float().mean().item(),
+        }
+        if self.config.get("labels_per_class") is not None:
+            with torch.no_grad():
+                classifier = guide.label_posterior(test_x).probs.argmax(-1)
+            metrics["classifier_accuracy"] = (classifier == test_y).float().mean().item()
+        return metrics, written
 
-
-def _conditional_report(args, config, model, guide, test_x, test_y, out: Path, progress) -> tuple[dict, list[Path]]:
-    """Class grid, style transfer, classifier accuracies and the novelty report of a
-    conditional VAE; log p(x | y) is estimated with K = --score-samples per class."""
-    classes = config["num_classes"]
-    written = []
-    if test_x.dim() == 4:
-        written.append(class_grid(model, classes, 10, out / "samples.png", f"{args.dataset}: a row per class"))
-        written.append(
+    def _class_figures(self, test_x: torch.Tensor, test_y: torch.Tensor) -> list[Path]:
+        """A row of samples per class, and 8 test images' styles decoded as every class."""
+        dataset, out, classes = self.args.dataset, self.out, self.config["num_classes"]
+        return [
+            class_grid(self.model, classes, 10, out / "samples.png", f"{dataset}: a row per class"),
             style_transfer(
-                model,
-                guide,
+                self.model,
+                self.guide,
                 test_x[:8],
                 test_y[:8],
                 classes,
                 out / "style_transfer.png",
-                f"{args.dataset}: test data (top) and their z decoded as every class",
-            )
+                f"{dataset}: test data (top) and their z decoded as every class",
+            ),
+        ]
+
+
+def run(args: argparse.Namespace) -> int:
+    """``pyro-vae train``: 0 when the run directory is written, 130 after Ctrl-C."""
+    training = TrainingRun.start(args)
+    if training.writer:
+        print(training.describe())
+    try:
+        training.train()
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {training.saved_so_far()}; continue with: pyro-vae train --resume {training.out}",
+            file=sys.stderr,
         )
-    rows, scores = conditional_score_table(model, guide, test_x, test_y, classes, args.score_samples, progress)
-    written += novelty_report(rows, test_x, out, f"{args.dataset} test data", "log p(x)")
-    metrics = {
-        "test_log_likelihood": scores.log_px.mean().item(),
-        "generative_classifier_accuracy": (scores.predict() == test_y).float().mean().item(),
-    }
-    if config.get("labels_per_class") is not None:
-        with torch.no_grad():
-            classifier = guide.label_posterior(test_x).probs.argmax(-1)
-        metrics["classifier_accuracy"] = (classifier == test_y).float().mean().item()
-    return metrics, written
+        return 130
+    parallel.leave()  # the report needs no other process
+    if not training.writer:
+        return 0
+    try:
+        training.finish()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted while writing the report; the trained model is saved in {training.out}", file=sys.stderr)
+        return 130
+    return 0
