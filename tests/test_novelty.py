@@ -154,8 +154,10 @@ def test_members_are_seeded_apart_and_their_log_likelihoods_averaged():
     for member, single in zip(pair.models_, singles, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(member.parameters(), single.models_[0].parameters(), strict=True))
     first, second = (single.score_samples(table) for single in singles)
-    assert np.abs(first - second).mean() > 0.15  # members differ by 3x the tolerance below: the mean is neither
-    assert np.abs(pair.score_samples(table) - (first + second) / 2).mean() < 0.05
+    gap = np.abs(first - second).mean()  # 0.10 with this seed
+    error = np.abs(pair.score_samples(table) - (first + second) / 2).mean()  # 0.023
+    # Either member alone lies gap / 2 from the mean on average: the pair's score is the mean, not a member.
+    assert error < 0.05 and error < gap / 3
 
 
 def test_a_detector_saved_before_the_ensemble_still_loads(tmp_path):
