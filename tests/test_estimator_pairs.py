@@ -302,14 +302,16 @@ def global_noise_pair():
     return model, guide, toy_batch(), None
 
 
+def weight_model(x, y=None, size=None):
+    """A decoder weight as a global latent outside the data plate."""
+    weight = pyro.sample("weight", dist.Normal(torch.zeros(K, D), 1.0).to_event(2))
+    with pyro.plate("data", size, subsample=x):
+        z = pyro.sample("z", dist.Normal(torch.zeros(len(x), K), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z @ weight, 0.5).to_event(1), obs=x)
+
+
 def bayesian_weight_pair():
     """A Bayesian decoder weight: a global Normal matrix latent outside the data plate."""
-
-    def model(x, y=None, size=None):
-        weight = pyro.sample("weight", dist.Normal(torch.zeros(K, D), 1.0).to_event(2))
-        with pyro.plate("data", size, subsample=x):
-            z = pyro.sample("z", dist.Normal(torch.zeros(len(x), K), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ weight, 0.5).to_event(1), obs=x)
 
     def guide(x, y=None, size=None):
         loc = pyro.param("weight_loc", torch.full((K, D), 0.1))
@@ -317,24 +319,18 @@ def bayesian_weight_pair():
         pyro.sample("weight", dist.Normal(loc, scale).to_event(2))
         gaussian_guide(x, size=size)
 
-    return model, guide, toy_batch(), None
+    return weight_model, guide, toy_batch(), None
 
 
 def delta_guide_pair():
     """Delta (MAP) guides for a global weight and the local codes."""
-
-    def model(x, y=None, size=None):
-        weight = pyro.sample("weight", dist.Normal(torch.zeros(K, D), 1.0).to_event(2))
-        with pyro.plate("data", size, subsample=x):
-            z = pyro.sample("z", dist.Normal(torch.zeros(len(x), K), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ weight, 0.5).to_event(1), obs=x)
 
     def guide(x, y=None, size=None):
         pyro.sample("weight", dist.Delta(pyro.param("weight_map", torch.full((K, D), 0.2)), event_dim=2))
         with pyro.plate("data", size, subsample=x):
             pyro.sample("z", dist.Delta(encoder("enc", K)(x), event_dim=1))
 
-    return model, guide, toy_batch(), None
+    return weight_model, guide, toy_batch(), None
 
 
 def flow_guide_pair(kind: str):
