@@ -119,8 +119,9 @@ class FastSVI:
         (:attr:`pyro_vae.program.Inspection.model_trace`), checked with :func:`check_traces`.
     :param gradient_hook: called as ``gradient_hook(parameters, rows, loss)`` between the backward
         pass and the optimizer step, with ``rows`` the length of the step's first argument (the
-        minibatch); it returns the loss to report. With a hook, every tensor of the parameter store
-        is passed, sorted by name, so that all callers agree on the list;
+        minibatch); it returns the loss to report. With a hook, every parameter the step used is
+        passed, with or without a gradient, sorted by its name in Pyro's store, so that all
+        processes agree on the list;
         :class:`~pyro_vae.distributed.GradientAverager` averages over processes there. A pair that
         needs the fallback cannot have one.
     """
@@ -173,9 +174,10 @@ class FastSVI:
         self.fallback = SVI(self.model, self.guide, self.optim, elbo)
         self.fallback_elbo, self.fallback_reason = elbo, reason.reason
 
-    def _particle(self, *args, **kwargs) -> tuple[float, torch.Tensor]:
-        """One particle's -ELBO as ``Trace_ELBO`` reports it (a float) and its differentiable
-        surrogate, summed in ``Trace_ELBO``'s order."""
+    def _particle(self, *args, **kwargs) -> tuple[float, torch.Tensor, dict[int, torch.Tensor]]:
+        """One particle's -ELBO as ``Trace_ELBO`` reports it (a float), its differentiable
+        surrogate, summed in ``Trace_ELBO``'s order, and the (unconstrained) parameters the
+        programs used, by identity: the pair's own, each once, as ``SVI`` collects them."""
         with pyro.validation_enabled(False):
             with _LogDensity(replay=None) as guide_terms:
                 self.guide(*args, **kwargs)
@@ -186,7 +188,7 @@ class FastSVI:
                 for log_p in terms.log_prob_sums():
                     elbo = elbo + sign * torch_item(log_p)
                     surrogate = surrogate + log_p if sign > 0 else surrogate - log_p
-        return -elbo, -surrogate
+        return -elbo, -surrogate, guide_terms.parameters | model_terms.parameters
 
     def loss(self, *args, **kwargs) -> torch.Tensor:
         """-ELBO of one particle, differentiable; raises :exc:`NotServed` for a pair it does not serve."""
@@ -202,26 +204,26 @@ class FastSVI:
         return self.fallback.step(*args, **kwargs)
 
     def _step(self, *args, **kwargs) -> float:
-        loss = 0.0
-        for particle in range(self.num_particles):
+        loss, used = 0.0, {}
+        for _ in range(self.num_particles):
             try:
-                particle_loss, surrogate = self._particle(*args, **kwargs)
+                particle_loss, surrogate, parameters = self._particle(*args, **kwargs)
             except NotServed:
-                if particle:  # earlier particles' gradients must not reach the fallback's step
-                    for _, value in pyro.get_param_store().named_parameters():
-                        value.grad = None
+                for parameter in used.values():  # earlier particles' gradients must not reach the fallback's step
+                    parameter.grad = None
                 raise
+            used.update(parameters)
             loss += particle_loss / self.num_particles
             if getattr(surrogate, "requires_grad", False):
                 (surrogate / self.num_particles).backward()
-        store = pyro.get_param_store()
         if self.gradient_hook is None:
-            parameters = [value for _, value in store.named_parameters() if value.grad is not None]
+            parameters = [value for value in used.values() if value.grad is not None]
         else:
-            parameters = [value for _, value in sorted(store.named_parameters(), key=lambda item: item[0])]
+            names = pyro.get_param_store()._param_to_name
+            parameters = sorted(used.values(), key=lambda value: names[value])
             loss = self.gradient_hook(parameters, len(args[0]), torch.tensor(loss)).item()
         self.optim(parameters)
-        for parameter in parameters:
+        for parameter in used.values():
             parameter.grad = None
         return loss
 
@@ -235,7 +237,9 @@ class _LogDensity(Messenger):
     each site of a :class:`~pyro.poutine.Trace`, in its order.
 
     It keeps only what the ELBO needs, instead of a trace's copy of every parameter and sample
-    message: for a VAE, a fifth of the Python work of a step. The densities are computed after
+    message: for a VAE, a fifth of the Python work of a step. It also keeps the parameters the
+    program used (each tensor once, however many names it has in Pyro's store), which are the
+    ones a step updates. The densities are computed after
     both programs have run, as from traces, so that autograd adds up the gradients in the same
     order and they equal ``Trace_ELBO``'s to the last bit.
     """
@@ -245,6 +249,11 @@ class _LogDensity(Messenger):
         self.replay = replay
         self.latents: dict[str, dict] = {}
         self.sites: list[dict] = []
+        self.parameters: dict[int, torch.Tensor] = {}
+
+    def _pyro_post_param(self, msg: dict) -> None:
+        unconstrained = msg["value"].unconstrained()
+        self.parameters[id(unconstrained)] = unconstrained
 
     def _pyro_sample(self, msg: dict) -> None:
         if self.replay is None or msg["is_observed"]:

@@ -37,18 +37,20 @@ LABELS = "y"
 
 
 class _ScaleToData(Messenger):
-    """Scale the sites inside the data plate by ``size / rows`` unless the plate already has
-    ``size`` data (as ``pyro.plate(name, size, subsample=x)`` does)."""
+    """Scale the sites inside the data plate by ``size / rows`` where the plate stands for the
+    batch alone (``pyro.plate(name, len(x))``, with or without ``subsample_size``, or
+    ``pyro.plate(name)``); a plate that states its own full size (``pyro.plate(name, N,
+    subsample=x)``) scales itself, as in :class:`pyro.infer.SVI`."""
 
     def __init__(self, plate: str, size: int, rows: int) -> None:
         super().__init__()
-        self.plate, self.size, self.factor = plate, size, size / rows
+        self.plate, self.rows, self.factor = plate, rows, size / rows
 
     def _process_message(self, msg: dict) -> None:
         if msg["type"] != "sample":
             return
         frame = data_frame(msg, self.plate)
-        if frame is not None and frame.size != self.size:
+        if frame is not None and (frame.full_size if frame.full_size is not None else frame.size) in (self.rows, -1):
             msg["scale"] = self.factor * msg["scale"]
 
 

@@ -182,3 +182,58 @@ def test_fit_without_a_seed_draws_from_the_callers_random_state():
 
     assert run(5) == run(5)
     assert run(5) != run(6)
+
+
+def test_a_plate_that_states_its_full_size_scales_itself():
+    """pyro.plate("data", N_TOTAL, subsample=x) is scaled by the plate, once, as in Pyro's SVI;
+    pyro.plate("data", len(x), subsample_size=8) by the plate and by fit's N / len(x)."""
+
+    def full_size(x):
+        with pyro.plate("data", 300, subsample=x):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    def subsampling(x):
+        with pyro.plate("data", len(x), subsample_size=8) as rows:
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x[rows])
+
+    x = torch.zeros(64)
+    assert pyro.poutine.trace(bind(full_size)).get_trace(x, None, size=270).nodes["x"]["scale"] == 300 / 64
+    assert pyro.poutine.trace(bind(subsampling)).get_trace(x, None, size=270).nodes["x"]["scale"] == 270 / 8
+
+
+class TwiceRegistered(nn.Module):
+    """One decoder under two names in Pyro's store (a module attribute and pyro.module)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder, self.encoder = nn.Linear(2, 4), nn.Linear(4, 4)
+
+    def model(self, x):
+        pyro.module("program", self)
+        pyro.module("decoder_again", self.decoder)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.decoder(z), 0.5).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("program", self)
+        with pyro.plate("data", len(x)):
+            loc, raw = self.encoder(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+def test_fastsvi_steps_each_of_the_pairs_tensors_once_and_no_others():
+    x = linear_data(64).repeat(1, 2)[:, :4]
+    after = {}
+    for loss in ("auto", "trace"):
+        pyro.clear_param_store()
+        foreign = pyro.param("foreign", torch.zeros(3))
+        pyro.get_param_store()._params["foreign"].grad = torch.ones(3)  # another program's pending gradient
+        torch.manual_seed(0)
+        program = TwiceRegistered()
+        pyro_vae.fit(
+            program.model, program.guide, x, epochs=1, batch_size=64, lr=0.1, seed=0, loss=loss, validation=None
+        )
+        after[loss] = program.decoder.weight.detach().clone()
+        assert torch.equal(pyro.param("foreign").detach(), foreign.detach())
+    assert torch.equal(after["auto"], after["trace"])  # one Adam step, not one per store name
