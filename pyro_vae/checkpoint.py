@@ -54,6 +54,11 @@ class Checkpoint:
             module = _module(part)
             if module is not None:
                 _load_state(module, state, what, self.path)
+            elif part is not None and state:
+                raise ValueError(
+                    f"{self.path} holds the {what}'s nn.Module weights, but this {what} is a "
+                    f"{type(part).__name__} with no module to load them into; pass the nn.Module (or its bound method)"
+                )
         if self.pyro_params:
             _load_pyro_params(self.pyro_params, model, guide, example, self.path)
 
@@ -103,14 +108,18 @@ def _load_pyro_params(values: dict, model: Callable, guide: Callable, example: E
             f"{path} holds parameters of Pyro's parameter store ({sorted(values)[:3]}...); pass example= (a batch "
             "of data) so the program registers them before they are loaded"
         )
-    _inspected(model, guide, example)
     store = pyro.get_param_store()
-    missing = sorted(set(values) - set(store.keys()))
+    owned = _inspected(model, guide, example).parameters()
+    missing = sorted(set(values) - set(owned))
     if missing:
         raise ValueError(f"{path} holds parameters {missing[:5]} that this model and guide do not have")
+    mismatched = [name for name, value in values.items() if store[name].shape != value.shape]
+    if mismatched:
+        shapes = {name: (tuple(values[name].shape), tuple(store[name].shape)) for name in mismatched[:3]}
+        raise ValueError(f"{path} holds parameters of another shape (saved, here): {shapes}")
     with torch.no_grad():
         for name, value in values.items():
-            unconstrained = store._params[name]
+            unconstrained = owned[name]
             unconstrained.copy_(transform_to(store._constraints[name]).inv(value.to(unconstrained)))
 
 

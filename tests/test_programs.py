@@ -237,3 +237,36 @@ def test_fastsvi_steps_each_of_the_pairs_tensors_once_and_no_others():
         after[loss] = program.decoder.weight.detach().clone()
         assert torch.equal(pyro.param("foreign").detach(), foreign.detach())
     assert torch.equal(after["auto"], after["trace"])  # one Adam step, not one per store name
+
+
+def test_loading_store_parameters_refuses_what_does_not_fit(tmp_path):
+    def program(width: int):
+        def model(x):
+            noise = pyro.param("noise", torch.ones(width), constraint=constraints.positive)
+            with pyro.plate("data", len(x)):
+                pyro.sample("x", dist.Normal(0.0, noise).to_event(1), obs=x)
+
+        return model, lambda x: None
+
+    x = torch.zeros(5, 3)
+    pyro.clear_param_store()
+    path = pyro_vae.save_checkpoint(tmp_path / "n.pt", *program(3), example=x)
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"another shape.*'noise': \(\(3,\), \(1,\)\)"):
+        pyro_vae.load_checkpoint(path, *program(1), example=x)
+    assert torch.equal(pyro.param("noise").detach(), torch.ones(1))  # nothing copied
+
+    pyro.clear_param_store()
+    pyro.param("noise", torch.full((3,), 7.0))  # another program's, of the same name
+
+    def no_noise(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(torch.zeros(3), 1.0).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match=r"\['noise'\] that this model and guide do not have"):
+        pyro_vae.load_checkpoint(path, no_noise, lambda x: None, example=x)
+    assert torch.equal(pyro.param("noise").detach(), torch.full((3,), 7.0))
+
+    module_path = pyro_vae.save_checkpoint(tmp_path / "m.pt", NoisyLinear(), NoisyLinear())
+    with pytest.raises(ValueError, match=r"holds the model's nn\.Module weights"):
+        pyro_vae.load_checkpoint(module_path, no_noise, lambda x: None)
