@@ -62,7 +62,7 @@ def test_regret_needs_one_normal_site():
             pyro.sample("z", dist.Laplace(torch.zeros(x.shape[0], 1), 1.0).to_event(1))
 
     x = data(4).float()
-    with pytest.raises(ValueError, match="one latent site"):
+    with pytest.raises(ValueError, match="per-datum latent sites"):
         likelihood_regret(model, two_sites, x, steps=1)
     with pytest.raises(ValueError, match="Normal guide site"):
         likelihood_regret(model, laplace, x, steps=1)
