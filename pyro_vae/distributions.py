@@ -300,3 +300,15 @@ class DiagonalNormalMixture(dist.TorchDistribution):
     @property
     def mean(self) -> torch.Tensor:
         return self.loc.mean(0).expand(self.batch_shape + self.event_shape)
+
+
+MEAN_DRAWS = 256  # draws averaged for a distribution without a closed-form mean (a normalizing flow)
+
+
+def mean_of(fn: dist.Distribution) -> torch.Tensor:
+    """``fn.mean``, or the mean of :data:`MEAN_DRAWS` draws where the distribution has none."""
+    try:
+        return fn.mean
+    except NotImplementedError:
+        with torch.no_grad():
+            return fn.sample((MEAN_DRAWS,)).mean(0)

@@ -4,7 +4,8 @@ Every function works on any model/guide pair that follows the pyro_vae conventio
 :mod:`pyro_vae.convention`): :func:`encode` traces the guide and reads the distribution of its
 per-datum latent site (the only one, or the one named by ``site=``; ``"z"`` in the stock parts,
 ``"latent"`` in Pyro's tutorial VAE), using its ``mean`` or, for a distribution without one (a
-normalizing flow), the mean of :data:`MEAN_DRAWS` draws. :func:`decode` conditions the model on
+normalizing flow), the mean of
+:data:`~pyro_vae.distributions.MEAN_DRAWS` draws. :func:`decode` conditions the model on
 latent values at that site, which the model must have, and reads the mean of its observed site.
 Decoding runs the model without data (``x=None``); a model that cannot be run so is run on
 placeholder data of the shape ``x_shape`` (the functions given data use theirs), and without
@@ -29,9 +30,8 @@ from pyro import poutine
 
 from pyro_vae import plots
 from pyro_vae.convention import DATA_PLATE, DEFAULT, OBSERVED_SITE
+from pyro_vae.distributions import mean_of
 from pyro_vae.program import bind, data_frame, latent_sites, observed_site, sample_sites
-
-MEAN_DRAWS = 256  # draws averaged for a posterior without a closed-form mean
 
 
 def _latent_site(trace, site: str | None) -> dict:
@@ -58,14 +58,6 @@ def posterior(
     return latent["name"], latent["fn"]
 
 
-def _mean(q: dist.Distribution) -> torch.Tensor:
-    try:
-        return q.mean
-    except NotImplementedError:
-        with torch.no_grad():
-            return q.sample((MEAN_DRAWS,)).mean(0)
-
-
 def encode(
     guide: Callable,
     x: torch.Tensor,
@@ -77,7 +69,7 @@ def encode(
     draws instead, ``[num_samples, N, latent_dim]``."""
     _, q = posterior(guide, x, y, site)
     if num_samples is None:
-        return _mean(q)
+        return mean_of(q)
     with torch.no_grad():
         return q.sample((num_samples,))
 
@@ -149,7 +141,7 @@ def decode(
 def reconstruct(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Decode the posterior mean of every datum."""
     name, q = posterior(guide, x, y)
-    return decode(model, _mean(q), y, site=name, x_shape=x.shape[1:])
+    return decode(model, mean_of(q), y, site=name, x_shape=x.shape[1:])
 
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -185,7 +177,7 @@ def interpolate(
     pair = torch.stack([x_a, x_b])
     labels = None if y is None else y.reshape(1).expand(2)
     name, q = posterior(guide, pair, labels)
-    means = _mean(q)
+    means = mean_of(q)
     path = interpolate_latents(means[0], means[1], steps, method)
     return decode(model, path, None if y is None else y.reshape(1).expand(steps), site=name, x_shape=x_a.shape)
 
@@ -205,7 +197,7 @@ def apply_attribute(
     """Each datum's posterior mean moved by ``strength * vector`` and decoded:
     ``[len(strengths), N, *x_shape]`` (strength 0 is the reconstruction)."""
     name, q = posterior(guide, x)
-    means = _mean(q)
+    means = mean_of(q)
     return torch.stack(
         [decode(model, means + strength * vector, site=name, x_shape=x.shape[1:]) for strength in strengths]
     )
@@ -242,7 +234,7 @@ def traverse(
     """Vary one latent dimension at a time around the posterior mean of the single datum ``x``:
     ``[latent_dim, len(values), *x_shape]``, dimension d set to each value in turn."""
     name, q = posterior(guide, x.unsqueeze(0))
-    center = _mean(q)[0]
+    center = mean_of(q)[0]
     grid = center.repeat(center.shape[-1], len(values), 1)
     for dim in range(center.shape[-1]):
         grid[dim, :, dim] = torch.as_tensor(values, dtype=center.dtype)

@@ -211,10 +211,16 @@ def check_support(support: constraints.Constraint, data: torch.Tensor, family: s
     )
 
 
+def trace_pair(model: Callable, guide: Callable, x, y, size) -> tuple[Trace, Trace]:
+    """The guide's trace and the model's, replaying the guide's draws, on one call."""
+    guide_trace = poutine.trace(guide).get_trace(x, y, size=size)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y, size=size)
+    return model_trace, guide_trace
+
+
 def _trace_pair(model: Bound, guide: Bound, x, y, size) -> tuple[Trace, Trace, Trace]:
     with poutine.block(), poutine.trace(param_only=True) as params:
-        guide_trace = poutine.trace(guide).get_trace(x, y, size=size)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y, size=size)
+        model_trace, guide_trace = trace_pair(model, guide, x, y, size)
     return model_trace, guide_trace, params.trace
 
 

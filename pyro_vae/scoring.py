@@ -42,11 +42,11 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 
 from pyro_vae.convention import Convention
-from pyro_vae.program import Inspection, data_frame, inspect_pair
+from pyro_vae.distributions import mean_of
+from pyro_vae.program import Inspection, data_frame, inspect_pair, trace_pair
 from pyro_vae.progress import progress_bar
 
 DEFAULT_MAX_BATCH = 1 << 14
-GLOBAL_DRAWS = 256  # draws averaged for a global latent whose distribution has no mean
 INSPECTED_ROWS = 128  # the rows a scoring call traces to inspect the pair
 PARTICLE_PLATE = "_num_particles_vectorized"
 
@@ -67,17 +67,8 @@ def _score_dtype(x: torch.Tensor) -> torch.dtype:
 def traces(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None):
     """The model's and the guide's trace on ``x`` (the model replaying the guide's draws, with
     ``size=len(x)``), without the plates' subsample sites."""
-    size = x.shape[0]
-    guide_trace = poutine.trace(guide).get_trace(x, y, size=size)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y, size=size)
+    model_trace, guide_trace = trace_pair(model, guide, x, y, x.shape[0])
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
-
-
-def _point(fn) -> torch.Tensor:
-    try:
-        return fn.mean
-    except NotImplementedError:
-        return fn.sample((GLOBAL_DRAWS,)).mean(0)
 
 
 class _Scorer:
@@ -89,7 +80,7 @@ class _Scorer:
         self.particle_dim = -inspection.plate_nesting - 1
         self.vectorized = True
         model, guide = inspection.model, inspection.guide
-        held = {name: _point(inspection.guide_trace.nodes[name]["fn"]) for name in inspection.global_latents}
+        held = {name: mean_of(inspection.guide_trace.nodes[name]["fn"]) for name in inspection.global_latents}
         if held:
             model, guide = poutine.condition(model, data=held), poutine.condition(guide, data=held)
         self.model, self.guide = model, guide
@@ -98,18 +89,16 @@ class _Scorer:
         """log p(x, z_k) - log q(z_k | x) of ``num_particles`` draws per datum, ``[particles, N]``."""
         if self.vectorized:
             devices = [x.device] if x.device.type == "cuda" else []
+            before = torch.get_rng_state(), [torch.cuda.get_rng_state(device) for device in devices]
             try:
-                with torch.random.fork_rng(devices=devices):  # kept only if the program takes the dimension
-                    with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim):
-                        pair = traces(self.model, self.guide, x, y)
-                    log_w = self._sum(*pair, x, num_particles, check_shapes=True)
-                    state = [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in devices]
-                torch.set_rng_state(state[0])
-                for device, device_state in zip(devices, state[1:], strict=True):
-                    torch.cuda.set_rng_state(device_state, device)
-                return log_w
+                with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim):
+                    pair = traces(self.model, self.guide, x, y)
+                return self._sum(*pair, x, num_particles, check_shapes=True)
             except (RuntimeError, ValueError, IndexError, TypeError):  # the program takes no particle dimension
                 self.vectorized = False
+                torch.set_rng_state(before[0])  # the failed attempt's draws are not spent
+                for device, state in zip(devices, before[1], strict=True):
+                    torch.cuda.set_rng_state(state, device)
         with poutine.block():
             return torch.cat([self._sum(*traces(self.model, self.guide, x, y), x, 1) for _ in range(num_particles)])
 
