@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pyro_vae.scoring import DEFAULT_MAX_BATCH, log_weights
+from pyro_vae.convention import Convention
+from pyro_vae.scoring import DEFAULT_MAX_BATCH, log_weights, particle_logsumexp
 
 UNRELIABLE_K = 0.7  # the cut-off for large K
 CONSTANT_SPREAD = 1e-8  # log weights closer than this (nats) count as equal
@@ -87,13 +88,19 @@ def importance_scores(
     num_samples: int = 1000,
     max_batch: int = DEFAULT_MAX_BATCH,
     progress: bool | None = False,
+    *,
+    convention: Convention | None = None,
+    common_noise: int | None = None,
 ) -> ImportanceScores:
-    """log p(x) of every datum (as :func:`pyro_vae.scoring.log_likelihood`) with its Pareto-k̂.
+    """log p(x) of every datum (as :func:`pyro_vae.scoring.log_likelihood`, with the same keyword
+    options) with its Pareto-k̂.
 
     Keeps all ``num_samples`` x N weights in memory (8 bytes each in the k̂ computation).
     """
-    log_w = log_weights(model, guide, x, y, num_samples, max_batch, progress)
-    log_px = (log_w.logsumexp(0) - math.log(num_samples)).cpu().double().numpy()
+    log_w = log_weights(
+        model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
+    )
+    log_px = (particle_logsumexp(log_w) - math.log(num_samples)).cpu().double().numpy()
     return ImportanceScores(log_px, pareto_k(log_w), num_samples)
 
 

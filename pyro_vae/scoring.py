@@ -31,9 +31,11 @@ a shape Pyro's checks reject) is evaluated one particle at a time, with the same
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -41,6 +43,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 
+from pyro_vae.common_noise import CommonNoise, CommonNoiseError
 from pyro_vae.convention import Convention
 from pyro_vae.distributions import mean_of
 from pyro_vae.program import Inspection, data_frame, inspect_pair, trace_pair
@@ -58,6 +61,19 @@ def _per_datum(log_prob: torch.Tensor, particle_dim: int, data_dim: int, shape: 
     if other_dims:
         log_prob = log_prob.sum(other_dims, keepdim=True)
     return log_prob.reshape(log_prob.shape[particle_dim], log_prob.shape[data_dim]).expand(shape)
+
+
+def _padded(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``rows`` with its last row repeated up to ``size`` rows."""
+    missing = size - rows.shape[0]
+    return torch.cat([rows, rows[-1:].expand(missing, *rows.shape[1:])]) if missing > 0 else rows
+
+
+def particle_logsumexp(log_w: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the particles of ``log_w`` (``[particles, N]``), each datum's reduction run
+    along contiguous memory: the same code path for every datum, wherever it sits among the N
+    (a reduction across the rows handles the last few columns apart, with other roundings)."""
+    return log_w.t().contiguous().logsumexp(1)
 
 
 def _score_dtype(x: torch.Tensor) -> torch.dtype:
@@ -85,22 +101,42 @@ class _Scorer:
             model, guide = poutine.condition(model, data=held), poutine.condition(guide, data=held)
         self.model, self.guide = model, guide
 
-    def log_weights(self, x: torch.Tensor, y: torch.Tensor | None, num_particles: int) -> torch.Tensor:
-        """log p(x, z_k) - log q(z_k | x) of ``num_particles`` draws per datum, ``[particles, N]``."""
+    def log_weights(
+        self, x: torch.Tensor, y: torch.Tensor | None, num_particles: int, noise: list[int] | None = None
+    ) -> torch.Tensor:
+        """log p(x, z_k) - log q(z_k | x) of ``num_particles`` draws per datum, ``[particles, N]``;
+        with ``noise`` (a seed), the draws are common to all data (:mod:`pyro_vae.common_noise`)."""
         if self.vectorized:
             devices = [x.device] if x.device.type == "cuda" else []
             before = torch.get_rng_state(), [torch.cuda.get_rng_state(device) for device in devices]
             try:
-                with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim):
+                with (
+                    poutine.block(),
+                    self._noise(noise),
+                    pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim),
+                ):
                     pair = traces(self.model, self.guide, x, y)
                 return self._sum(*pair, x, num_particles, check_shapes=True)
-            except (RuntimeError, ValueError, IndexError, TypeError):  # the program takes no particle dimension
+            except (RuntimeError, ValueError, IndexError, TypeError) as error:  # no particle dimension
+                if isinstance(error, CommonNoiseError):
+                    raise
                 self.vectorized = False
                 torch.set_rng_state(before[0])  # the failed attempt's draws are not spent
                 for device, state in zip(devices, before[1], strict=True):
                     torch.cuda.set_rng_state(state, device)
         with poutine.block():
-            return torch.cat([self._sum(*traces(self.model, self.guide, x, y), x, 1) for _ in range(num_particles)])
+            log_w = []
+            for particle in range(num_particles):
+                with self._noise(None if noise is None else [*noise, particle]):
+                    log_w.append(self._sum(*traces(self.model, self.guide, x, y), x, 1))
+            return torch.cat(log_w)
+
+    def _noise(self, seed: list[int] | None):
+        """Common noise from a generator seeded with ``seed`` (a no-op context without one)."""
+        if seed is None:
+            return contextlib.nullcontext()
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        return CommonNoise(self.data_plate, generator)
 
     def _sum(
         self, model_trace, guide_trace, x: torch.Tensor, particles: int, check_shapes: bool = False
@@ -134,6 +170,7 @@ def iter_log_weights(
     progress: bool | None = False,
     *,
     convention: Convention | None = None,
+    common_noise: int | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(rows, log_w)`` chunks of the log importance weights, ``log_w`` shaped
     ``[particles, len(rows)]``; the particle chunks of one row block come one after another.
@@ -142,6 +179,11 @@ def iter_log_weights(
     :param progress: show a progress bar (``None``: only on a terminal).
     :param convention: the program's names, if not ``"data"``, ``"x"`` and ``"y"``
         (:class:`~pyro_vae.convention.Convention`).
+    :param common_noise: a seed: every datum gets the same noise draws
+        (:mod:`pyro_vae.common_noise`), and every row block is padded to one size, so that the
+        arithmetic has the same shapes wherever a datum sits. A datum's weights are then
+        bit-identical whether it is scored alone, with other data or in another order (for the
+        same ``num_samples``, ``max_batch`` and device).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
@@ -157,12 +199,18 @@ def iter_log_weights(
     bar = progress_bar(total=x.shape[0], desc=f"scoring (K={num_samples})", unit="datum", show=progress)
     with torch.no_grad(), bar:
         for start in range(0, x.shape[0], rows_per_chunk):
-            rows = slice(start, start + rows_per_chunk)
+            rows = slice(start, min(start + rows_per_chunk, x.shape[0]))
             x_rows, y_rows = x[rows], None if y is None else y[rows]
+            if common_noise is not None:
+                x_rows, y_rows = (
+                    _padded(x_rows, rows_per_chunk),
+                    None if y_rows is None else _padded(y_rows, rows_per_chunk),
+                )
             for done in range(0, num_samples, particles_per_chunk):
                 count = min(particles_per_chunk, num_samples - done)
-                yield rows, scorer.log_weights(x_rows, y_rows, count)
-            bar.update(x_rows.shape[0])
+                noise = None if common_noise is None else [common_noise, done]
+                yield rows, scorer.log_weights(x_rows, y_rows, count, noise)[:, : rows.stop - rows.start]
+            bar.update(rows.stop - rows.start)
 
 
 def log_weights(
@@ -175,11 +223,14 @@ def log_weights(
     progress: bool | None = False,
     *,
     convention: Convention | None = None,
+    common_noise: int | None = None,
 ) -> torch.Tensor:
     """All log importance weights log p(x, z_k) - log q(z_k | x), shaped ``[num_samples, N]``."""
     columns: list[list[torch.Tensor]] = []
     last_start = None
-    for rows, log_w in iter_log_weights(model, guide, x, y, num_samples, max_batch, progress, convention=convention):
+    for rows, log_w in iter_log_weights(
+        model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
+    ):
         if rows.start != last_start:
             columns.append([])
             last_start = rows.start
@@ -197,6 +248,7 @@ def elbo(
     progress: bool | None = False,
     *,
     convention: Convention | None = None,
+    common_noise: int | None = None,
 ) -> torch.Tensor:
     """Monte Carlo ELBO of every datum, in nats, shaped ``[N]``.
 
@@ -208,10 +260,14 @@ def elbo(
     :param int max_batch: the most (particle, datum) pairs evaluated at once; bounds memory.
     :param progress: show a progress bar (``None``: only on a terminal).
     :param convention: the program's names, if not ``"data"``, ``"x"`` and ``"y"``.
+    :param common_noise: a seed for draws common to all data, making each datum's score
+        independent of the others in the call (see :func:`iter_log_weights`).
     """
     total = torch.zeros(x.shape[0], dtype=_score_dtype(x), device=x.device)
-    for rows, log_w in iter_log_weights(model, guide, x, y, num_samples, max_batch, progress, convention=convention):
-        total[rows] += log_w.sum(0)
+    for rows, log_w in iter_log_weights(
+        model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
+    ):
+        total[rows] += log_w.t().contiguous().sum(1)  # per datum along memory, as particle_logsumexp
     return total / num_samples
 
 
@@ -225,6 +281,7 @@ def log_likelihood(
     progress: bool | None = False,
     *,
     convention: Convention | None = None,
+    common_noise: int | None = None,
 ) -> torch.Tensor:
     """Importance-sampled estimate of log p(x) for every datum, in nats, shaped ``[N]``,
     with the guide as proposal (Burda et al. 2016).
@@ -235,6 +292,8 @@ def log_likelihood(
     Same arguments as :func:`elbo`; ``num_samples`` is K.
     """
     running = torch.full((x.shape[0],), -math.inf, dtype=_score_dtype(x), device=x.device)
-    for rows, log_w in iter_log_weights(model, guide, x, y, num_samples, max_batch, progress, convention=convention):
-        running[rows] = torch.logaddexp(running[rows], log_w.logsumexp(0))
+    for rows, log_w in iter_log_weights(
+        model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
+    ):
+        running[rows] = torch.logaddexp(running[rows], particle_logsumexp(log_w))
     return running - math.log(num_samples)

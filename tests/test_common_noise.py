@@ -1,0 +1,108 @@
+"""Common noise: a datum's score depends on the datum and the seed, not on the rest of the call."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from test_scoring import PPCA
+
+from pyro_vae.common_noise import CommonNoiseError
+from pyro_vae.guides import AmortizedNormal
+from pyro_vae.models import VAE
+from pyro_vae.scoring import elbo, log_likelihood, log_weights
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    model = VAE.build((6,), 2, (16,), "mlp", "gaussian")
+    return model, AmortizedNormal.build((6,), 2, (16,), "mlp")
+
+
+def rows(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 6, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("score", [log_likelihood, elbo])
+def test_a_datum_scores_the_same_alone_in_a_batch_and_in_any_order(pair, score):
+    x = rows(300, seed=1)
+    full = score(*pair, x, num_samples=16, common_noise=3)
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(score(*pair, x[order], num_samples=16, common_noise=3), full[order])
+    alone = torch.cat([score(*pair, x[i : i + 1], num_samples=16, common_noise=3) for i in (0, 5, 299)])
+    assert torch.equal(alone, full[[0, 5, 299]])
+    chunked = score(*pair, x, num_samples=16, max_batch=16 * 7, common_noise=3)  # row blocks of 7
+    assert torch.equal(chunked, full)
+
+
+def test_without_common_noise_a_datum_depends_on_the_call(pair):
+    """The property above is not automatic: fresh draws per datum give another number alone."""
+    x = rows(50, seed=1)
+    full = log_likelihood(*pair, x, num_samples=16)
+    assert not torch.equal(log_likelihood(*pair, x[:1], num_samples=16), full[:1])
+
+
+def test_every_datum_sees_the_same_draws_and_another_seed_other_draws(pair):
+    x = rows(1, seed=4).expand(5, 6)
+    log_w = log_weights(*pair, x, num_samples=8, common_noise=0)
+    assert torch.equal(log_w, log_w[:, :1].expand(8, 5))  # five copies of one datum: one set of weights
+    assert not torch.equal(log_weights(*pair, x, num_samples=8, common_noise=1), log_w)
+    assert log_w[:, 0].unique().numel() == 8  # but K distinct particles
+
+
+def test_the_estimate_is_still_the_importance_sampled_log_likelihood():
+    """With the exact posterior as proposal every weight is p(x): common or not, exact."""
+    ppca = PPCA()
+    x = ppca.sample(40, seed=5)
+    estimate = log_likelihood(ppca.model, ppca.exact_guide, x, num_samples=4, common_noise=0)
+    assert torch.allclose(estimate, ppca.log_px(x), atol=1e-9)
+
+
+def test_the_callers_random_state_is_left_alone(pair):
+    torch.manual_seed(8)
+    expected = torch.rand(3)
+    torch.manual_seed(8)
+    log_likelihood(*pair, rows(20, seed=6), num_samples=4, common_noise=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_guide_distribution_it_cannot_draw_is_named():
+    def model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+            pyro.sample("x", dist.Poisson(rate), obs=x)
+
+    def guide(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            pyro.sample("rate", dist.Gamma(x + 1.0, 1.0))
+
+    x = torch.tensor([0.0, 3.0, 1.0])
+    assert log_likelihood(model, guide, x, num_samples=4).isfinite().all()
+    with pytest.raises(CommonNoiseError, match="Gamma"):
+        log_likelihood(model, guide, x, num_samples=4, common_noise=0)
+
+
+def test_flow_guides_are_drawn_through_their_transforms():
+    def model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(0.0, scale), obs=x)
+
+    def guide(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            pyro.sample("scale", dist.LogNormal(x.abs().log1p(), 0.5))
+
+    x = torch.linspace(0.5, 2.5, 30, dtype=torch.float64)
+    full = log_likelihood(model, guide, x, num_samples=2000, common_noise=0)
+    assert torch.equal(log_likelihood(model, guide, x[7:8], num_samples=2000, common_noise=0), full[7:8])
+    u = torch.linspace(-8, 8, 20001, dtype=torch.float64)  # log scale, by quadrature
+    joint = dist.Normal(0.0, u.exp()).log_prob(x[:, None]) + dist.Normal(0.0, 1.0).log_prob(u)
+    exact = torch.logsumexp(joint, 1) + math.log(float(u[1] - u[0]))
+    reference = log_likelihood(model, guide, x, num_samples=2000)
+    assert (reference - exact).abs().max() < 0.15  # Monte Carlo error of this guide at K = 2000
+    assert (full - exact).abs().max() < 0.15  # the same quantity, up to the same error
+    assert not torch.equal(full, reference)
