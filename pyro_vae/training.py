@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,7 +22,9 @@ from pathlib import Path
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.poutine.messenger import unwrap
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,10 +34,10 @@ from pyro_vae.device import resolve_device
 from pyro_vae.fast_svi import FastSVI
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.optim import JointOptim, make_optimizer
-from pyro_vae.program import Inspection, bind, inspect_pair
+from pyro_vae.program import Bound, Inspection, bind, inspect_pair
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
-from pyro_vae.scoring import elbo
+from pyro_vae.scoring import DEFAULT_MAX_BATCH, INSPECTED_ROWS, _Scorer
 from pyro_vae.validation import check_data
 
 AUTO = "auto"
@@ -46,10 +50,8 @@ LOSSES: dict[str, type] = {
     "enum": TraceEnum_ELBO,
 }
 MAX_ROLLBACKS = 3
-REMEDIES = (
-    "try a lower learning rate, gradient clipping (clip_norm), KL warm-up, or on_nonfinite='rollback' "
-    "(pyro-vae train --on-nonfinite rollback)"
-)
+REMEDIES = "lower the learning rate (lr), clip the gradients (clip_norm) or warm up the KL term (warmup_epochs)"
+ROLLBACK_OPTION = "or let fit roll back and go on with on_nonfinite='rollback' (pyro-vae train --on-nonfinite rollback)"
 ROLLBACK_LR_FACTOR = 0.5
 COLUMNS = ("epoch", "train_elbo", "val_elbo", "kl_weight", "seconds")
 
@@ -212,21 +214,106 @@ def _supported(batches: Iterator, inspection: Inspection) -> Iterator[tuple[torc
         yield x, y
 
 
-def _check_training_data(data: Data, model: Callable) -> None:
-    """Clear errors for empty, non-float or non-finite data and mismatched labels (a Dataset is
-    checked on its first items); a model with a ``validate(x, y)`` method checks the rest."""
+def _check_data(data: Data, validation: float | Data | None, model: Callable) -> None:
+    """Clear errors, before anything trains, for training data and explicit validation data that
+    are empty, not floating-point or non-finite, with mismatched labels, or (validation data) of
+    another datum shape or dtype than the training data."""
+    x, y = _checked(data, "the training data", model)
+    if validation is None or isinstance(validation, (int, float)):
+        return  # a held-out fraction is training data, checked above
+    x_val, y_val = _checked(validation, "the validation data", model)
+    if x_val.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            f"the validation data have datum shape {tuple(x_val.shape[1:])} but the training data "
+            f"{tuple(x.shape[1:])}; pass validation data shaped like the training data"
+        )
+    if x_val.dtype != x.dtype:
+        raise TypeError(
+            f"the validation data are {x_val.dtype} but the training data {x.dtype}; convert them with "
+            f"x_val.to({x.dtype})"
+        )
+    if y is not None and y_val is not None and y_val.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"the validation labels have shape {tuple(y_val.shape[1:])} per datum but the training labels "
+            f"{tuple(y.shape[1:])}"
+        )
+
+
+def _checked(data: Data, name: str, model: Callable) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``data`` as tensors (a Dataset: its first items), checked to be non-empty, floating-point
+    and finite, with one label per datum, and by the model's ``validate(x, y)`` if it has one."""
     if isinstance(data, Dataset):
         if len(data) == 0:
-            raise ValueError("the training Dataset is empty")
+            raise ValueError(f"{name} (a Dataset) hold no items")
         x, y = _as_tensors(torch.utils.data.Subset(data, range(min(256, len(data)))))
     else:
         x, y = _unpack(data)
-    check_data(x, "the training data")
+    check_data(x, name)
     if y is not None and (not isinstance(y, torch.Tensor) or y.shape[:1] != x.shape[:1]):
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ValueError(f"labels y must be a tensor with one entry per datum ({x.shape[0]}), got {shape}")
+        raise ValueError(f"labels y of {name} must be a tensor with one entry per datum ({x.shape[0]}), got {shape}")
     if hasattr(model, "validate"):
         model.validate(x, y)
+    return x, y
+
+
+def _owning_modules(*programs: Callable) -> list[nn.Module]:
+    """The ``nn.Module`` behind each program: the program itself, or the object of a bound method
+    (``vae.model``), seen through :func:`~pyro_vae.program.bind` and Pyro's handlers."""
+    modules: list[nn.Module] = []
+    for program in programs:
+        target = unwrap(program.program if isinstance(program, Bound) else program)
+        owner = target if isinstance(target, nn.Module) else getattr(target, "__self__", None)
+        if isinstance(owner, nn.Module) and all(owner is not module for module in modules):
+            modules.append(owner)
+    return modules
+
+
+DTYPE_ERROR = re.compile(r"dtype|scalar type|input type", re.IGNORECASE)
+DTYPE_NAMES = {"double": torch.float64, "float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _inspect(model: Bound, guide: Bound, x: torch.Tensor, y, size: int, convention: Convention) -> Inspection:
+    """:func:`~pyro_vae.program.inspect_pair` on the first batch. Data of one floating-point dtype
+    and networks of another (float64 from NumPy, float32 networks) fail inside the program, in the
+    first layer: that error is raised as a :class:`TypeError` naming both dtypes and the fix."""
+    try:
+        return inspect_pair(model, guide, x, y, size, convention)
+    except RuntimeError as error:
+        message = str(error).split("\n", 1)[0]
+        if not DTYPE_ERROR.search(message):
+            raise
+        raise TypeError(_dtype_message(x.dtype, _program_dtype(model, guide, message, x.dtype), message)) from error
+
+
+def _program_dtype(model: Bound, guide: Bound, message: str, data_dtype: torch.dtype) -> torch.dtype | None:
+    """The floating-point dtype the pair computes in: its modules' parameters', or else the other
+    dtype torch's error names."""
+    dtypes = {
+        parameter.dtype
+        for module in _owning_modules(model, guide)
+        for parameter in module.parameters()
+        if parameter.is_floating_point() and parameter.dtype != data_dtype
+    }
+    if len(dtypes) == 1:
+        return dtypes.pop()
+    named = [DTYPE_NAMES[word] for word in re.findall(r"[a-z0-9]+", message.lower()) if word in DTYPE_NAMES]
+    return next((dtype for dtype in named if dtype != data_dtype), None)
+
+
+def _dtype_message(data_dtype: torch.dtype, dtype: torch.dtype | None, error: str) -> str:
+    computes_in = dtype or "another floating-point dtype"
+    to_data = _conversion("x", dtype) if dtype is not None else "x.float() for float32 networks"
+    return (
+        f"the data are {data_dtype} but the model or guide computes in {computes_in} ({error}); convert the "
+        f"data with {to_data}, or the networks to the data's dtype with {_conversion('model', data_dtype)} and "
+        f"{_conversion('guide', data_dtype)}"
+    )
+
+
+def _conversion(name: str, dtype: torch.dtype) -> str:
+    method = {torch.float32: "float", torch.float64: "double", torch.float16: "half"}.get(dtype)
+    return f"{name}.{method}()" if method else f"{name}.to({dtype})"
 
 
 def _first_batch(data: Data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -393,15 +480,19 @@ def fit(
         model and the guide.
     :param float warmup_epochs: raise β linearly from 0 over this many epochs.
     :param validation: a fraction of ``data`` to hold out, explicit validation data, or ``None``.
-        The validation ELBO (β = 1, one particle) is computed after every epoch.
+        Explicit validation data are checked as the training data are (and must have their datum
+        shape and dtype). The validation ELBO (β = 1, one particle) is computed after every epoch,
+        with the one inspection of the pair that training uses.
     :param patience: stop when the validation ELBO has not improved for this many epochs, and
         restore the parameters of the best epoch.
-    :param str device: ``"cpu"``, ``"cuda"`` or ``"auto"``; data and ``nn.Module`` model/guide are
-        moved there.
-    :param seed: seeds Pyro, torch and the minibatch order; the same seed gives the same result
-        on CPU for the same initial parameters (seed before building the networks, e.g. with
-        ``pyro.set_rng_seed``, to fix those too). ``None`` (the default) leaves the random state
-        as it is and draws from it.
+    :param str device: ``"cpu"``, ``"cuda"`` or ``"auto"``; the data are moved there, and so are
+        a model or guide that is an ``nn.Module`` and the module of a bound method
+        (``fit(vae.model, vae.guide, ...)``).
+    :param seed: seeds Pyro, torch, the held-out validation split and the minibatch order; the
+        same seed gives the same result on CPU for the same initial parameters (seed before
+        building the networks, e.g. with ``pyro.set_rng_seed``, to fix those too). ``None`` (the
+        default) leaves the random state as it is and draws from it, the validation split and the
+        minibatch order included (a resumed run keeps its split).
     :param progress: show a progress bar (``None``: only on a terminal).
     :param transform: applied to every training minibatch ``x`` on the device, and once to the
         validation data; e.g. ``torch.bernoulli`` on grey-level images binarizes them afresh in
@@ -437,7 +528,7 @@ def fit(
     """
     options = _Options(**{name: value for name, value in locals().items() if name in _Options.__dataclass_fields__})
     options.check()
-    _check_training_data(data, model)
+    _check_data(data, validation, model)
     if seed is not None:
         pyro.set_rng_seed(seed)
     run = _Run.start(model, guide, data, options)
@@ -453,8 +544,7 @@ class _Run:
     guide: Callable
     train_data: Data
     size: int
-    x_val: torch.Tensor | None
-    y_val: torch.Tensor | None
+    validation: _Validation | None
     device: torch.device
     inspection: Inspection
     svi: Stepper
@@ -471,10 +561,10 @@ class _Run:
         device = resolve_device(options.device)
         if options.distributed:
             device = _start_distributed(data, device, options.loss, options.batch_size, options.seed)
-        for part in (model, guide):
-            if isinstance(part, nn.Module):
-                part.to(device)
-        train_data, val_data = split_data(data, options.validation, options.seed or 0)
+        for module in _owning_modules(model, guide):
+            module.to(device)
+        seed = _run_seed(options)
+        train_data, val_data = split_data(data, options.validation, seed)
         if options.patience is not None and val_data is None:
             raise ValueError("early stopping (patience) needs validation data; pass validation=0.1 or your own data")
         if options.label_batches == "pure" and isinstance(train_data, Dataset):
@@ -488,7 +578,7 @@ class _Run:
             first_x = options.transform(first_x)
         if options.label_batches == "pure" and first_y is not None and missing_labels(first_y).any():
             first_y = None
-        inspection = inspect_pair(model, guide, first_x, first_y, size, convention)
+        inspection = _inspect(model, guide, first_x, first_y, size, convention)
         if not isinstance(train_data, Dataset) and options.transform is None:
             inspection.check_support(_unpack(train_data)[0])
         kl_handler = KLWeightMessenger(linear_warmup(0.0, options.beta, options.warmup_epochs))
@@ -500,17 +590,12 @@ class _Run:
         if averager is not None:  # every process starts from rank 0's parameters
             averager.synchronize(list(parameters().values()))
         svi = _make_svi(model, guide, optim, options, inspection, averager)
-        x_val, y_val = _to_device(_as_tensors(val_data), device) if val_data is not None else (None, None)
-        if options.transform is not None and x_val is not None:
-            x_val = options.transform(x_val)
-        if options.label_batches == "pure" and y_val is not None and missing_labels(y_val).any():
-            y_val = None
-        seed = options.seed
+        validation = _Validation.start(val_data, device, options, inspection) if val_data is not None else None
         if options.distributed:  # the same minibatch order in every process, each its own draws
-            pyro.set_rng_seed(seed + parallel.rank())
-        generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+            pyro.set_rng_seed(options.seed + parallel.rank())
+        generator = torch.Generator().manual_seed(seed)
         return cls(
-            options, inspection.model, inspection.guide, train_data, size, x_val, y_val, device, inspection, svi,
+            options, inspection.model, inspection.guide, train_data, size, validation, device, inspection, svi,
             parameters, kl_handler, generator, History(), _BestEpoch(parameters, options.patience is not None),
         )  # fmt: skip
 
@@ -526,7 +611,9 @@ class _Run:
             if first_epoch > options.epochs or history.stopped_early:
                 return history  # the run was complete: its parameters are the final ones
         bar = progress_bar(range(first_epoch, options.epochs + 1), desc="training", unit="epoch", show=options.progress)
-        last_good = _LastGood(self.svi, self.parameters) if options.on_nonfinite == "rollback" else None
+        last_good = (
+            _LastGood(self.svi, self.parameters, first_epoch - 1) if options.on_nonfinite == "rollback" else None
+        )
         for epoch in bar:
             start = time.perf_counter()
             train_elbo = self._epoch(epoch, last_good)
@@ -568,18 +655,91 @@ class _Run:
                 train_elbo = _train_epoch(self.svi, self._batches(), self.size, schedule, self.parameters)
                 break
             except FloatingPointError as fault:
-                if last_good is None or self.history.rollbacks >= MAX_ROLLBACKS:
-                    raise
+                if last_good is None:
+                    raise FloatingPointError(f"{fault}; {REMEDIES}, {ROLLBACK_OPTION}") from None
+                if self.history.rollbacks >= MAX_ROLLBACKS:
+                    raise FloatingPointError(
+                        f"{fault}, after {MAX_ROLLBACKS} rollbacks in this run (the last restored "
+                        f"{last_good.restored()} with the learning rate lowered to {last_good.svi.optim.lr:.3g}); "
+                        f"rolling back again will not help: {REMEDIES}"
+                    ) from None
                 self.history.rollbacks += 1
-                warnings.warn(f"{fault}; {last_good.roll_back()}", RuntimeWarning, stacklevel=4)
+                warnings.warn(
+                    f"{fault}; {last_good.roll_back()} and repeated epoch {epoch}; if faults recur, {REMEDIES}",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
         if last_good is not None:
-            last_good.save()
+            last_good.save(epoch)
         return train_elbo
 
     def _validation_elbo(self) -> float:
-        if self.x_val is None:
-            return math.nan
-        return elbo(self.model, self.guide, self.x_val, self.y_val, convention=self.inspection.convention).mean().item()
+        return math.nan if self.validation is None else self.validation.elbo()
+
+
+def _run_seed(options: _Options) -> int:
+    """The seed of the validation split and the minibatch order: ``seed``; with ``seed=None``, the
+    resumed run's, or one drawn from torch's global generator (advanced, never reseeded), so
+    every unseeded run holds out other data, as it draws everything else afresh."""
+    if options.seed is not None:
+        return options.seed
+    if options.resume is not None:
+        generator = torch.Generator()
+        generator.set_state(options.resume.batch_order)
+        return generator.initial_seed()
+    return int(torch.randint(2**62, ()).item())
+
+
+@dataclass
+class _Validation:
+    """The validation data, on the device and transformed once, scored after every epoch with
+    fit's one inspection of the pair (β = 1, one particle, as :func:`~pyro_vae.scoring.elbo`)."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    inspection: Inspection
+    vectorized: bool = True  # whether the pair took the particle dimension, found in the first epoch
+
+    @classmethod
+    def start(cls, data: Data, device: torch.device, options: _Options, inspection: Inspection) -> _Validation:
+        """The validation data ready to score; checked here, once, against the pair."""
+        x, y = _to_device(_as_tensors(data), device)
+        if options.transform is not None:
+            x = options.transform(x)
+        if options.label_batches == "pure" and y is not None and missing_labels(y).any():
+            y = None
+        check_data(x, "the validation data")
+        inspection.require_guide_covers_model()
+        inspection.check_support(x)
+        return cls(x, y, inspection)
+
+    def elbo(self) -> float:
+        """The mean ELBO per datum of the validation data, with the current parameters."""
+        scorer = _Scorer(self._with_current_globals())
+        scorer.vectorized = self.vectorized
+        rows_per_chunk = DEFAULT_MAX_BATCH
+        with torch.no_grad():
+            per_datum = torch.cat([
+                scorer.log_weights(self.x[start : start + rows_per_chunk], self._labels(start, rows_per_chunk), 1)[0]
+                for start in range(0, len(self.x), rows_per_chunk)
+            ])  # fmt: skip
+        self.vectorized = scorer.vectorized
+        return per_datum.mean().item()
+
+    def _labels(self, start: int, rows: int) -> torch.Tensor | None:
+        return None if self.y is None else self.y[start : start + rows]
+
+    def _with_current_globals(self) -> Inspection:
+        """The inspection, with a guide trace of the current parameters where the pair has global
+        latents (the scorer holds them at the means of the guide's distributions, which training
+        moves); the structure is not inspected again."""
+        if not self.inspection.global_latents:
+            return self.inspection
+        x, y = self.x[:INSPECTED_ROWS], self._labels(0, INSPECTED_ROWS)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), poutine.block():
+            guide_trace = poutine.trace(self.inspection.guide).get_trace(x, y, size=x.shape[0])
+        return dataclasses.replace(self.inspection, guide_trace=guide_trace)
 
 
 def _state(epoch: int, svi: Stepper, history: History, best: _BestEpoch, generator: torch.Generator) -> TrainingState:
@@ -623,7 +783,8 @@ class _KLSchedule:
 def _train_epoch(
     svi: Stepper, batches: Iterator, size: int, schedule: _KLSchedule, parameters: _PairParameters
 ) -> float:
-    """One pass of SVI steps; returns the mean training objective per datum."""
+    """One pass of SVI steps; returns the mean training objective per datum. A numerical fault
+    raises :class:`FloatingPointError` saying what broke where (the caller adds what to do)."""
     total, steps = 0.0, 0
     for step, (x, y) in enumerate(batches):
         schedule.set(step)
@@ -634,14 +795,14 @@ def _train_epoch(
             # Distribution argument checks reject NaN parameters before any loss is computed.
             broken = parameters.nonfinite()
             if broken:
-                raise FloatingPointError(f"parameters {broken[:3]} became non-finite {where}; {REMEDIES}") from None
+                raise FloatingPointError(f"parameters {broken[:3]} became non-finite {where}") from None
             raise
         if not math.isfinite(step_loss):
-            raise FloatingPointError(f"the loss became {step_loss} {where}; {REMEDIES}")
+            raise FloatingPointError(f"the loss became {step_loss} {where}")
         total, steps = total + step_loss, steps + 1
     broken = parameters.nonfinite()
     if broken:  # the epoch's last step can break the parameters and still report a finite loss
-        raise FloatingPointError(f"parameters {broken[:3]} became non-finite in epoch {schedule.epoch}; {REMEDIES}")
+        raise FloatingPointError(f"parameters {broken[:3]} became non-finite in epoch {schedule.epoch}")
     return -total / (size * steps)
 
 
@@ -649,14 +810,21 @@ class _LastGood:
     """The pair's parameters and the optimizer state at the end of the last completed epoch, to
     roll back to after a numerical fault."""
 
-    def __init__(self, svi: Stepper, parameters: _PairParameters) -> None:
+    def __init__(self, svi: Stepper, parameters: _PairParameters, epoch: int) -> None:
         self.svi = svi
         self.pair = parameters
-        self.save()  # after a resume, with the optimizer states still waiting for their first step
+        self.save(epoch)  # after a resume, with the optimizer states still waiting for their first step
 
-    def save(self) -> None:
+    def save(self, epoch: int) -> None:
+        """Keep the state at the end of ``epoch`` (0: before the first)."""
+        self.epoch = epoch
         self.parameters = self.pair.copy()
         self.optimizer = copy.deepcopy(self.svi.optim.get_state())
+
+    def restored(self) -> str:
+        """What a rollback restores, in words."""
+        when = f"the end of epoch {self.epoch}" if self.epoch > 0 else "the start of training"
+        return f"the pair's parameters and the optimizer state from {when}"
 
     def roll_back(self) -> str:
         """Restore the saved state and halve the learning rate; says what it did."""
@@ -665,7 +833,7 @@ class _LastGood:
         lr = optim.lr * ROLLBACK_LR_FACTOR  # the current rate: a second fault in one epoch halves it again
         optim.restart(copy.deepcopy(self.optimizer))
         optim.lr = lr
-        return f"rolled back to the last completed epoch with the learning rate lowered to {lr:.3g}"
+        return f"rolled back: restored {self.restored()}, learning rate lowered to {lr:.3g},"
 
 
 class _BestEpoch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from itertools import pairwise
 
 import pyro
@@ -328,16 +329,36 @@ def test_transform_binarizes_every_minibatch_afresh(digits):
     guide = AmortizedNormal.build(digits.x_shape, 2, [32], "mlp")
     with pytest.raises(ValueError):
         pyro_vae.fit(model, guide, grey, epochs=1, validation=None, progress=False)
-    seen: list[torch.Tensor] = []
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def binarize(x: torch.Tensor) -> torch.Tensor:
-        seen.append(x)
-        return torch.bernoulli(x)
+        binary = torch.bernoulli(x)
+        calls.append((x, binary))
+        return binary
 
+    observed: list[torch.Tensor] = []
+
+    class Spy(VAE):
+        def forward(self, x=None, y=None, size=None):
+            if torch.is_grad_enabled():  # a training step, not the validation ELBO
+                observed.append(x)
+            return super().forward(x, y, size)
+
+    model = Spy(model.decoder, model.likelihood, model.latent_dim)
     history = pyro_vae.fit(model, guide, grey, epochs=2, batch_size=100, validation=0.2, transform=binarize)
     assert len(history.val_elbo) == 2 and all(map(math.isfinite, history.val_elbo))
     # The first batch (structure check), the validation data once, then 3 batches per epoch.
-    assert len(seen) == 1 + 1 + 2 * 3
+    assert len(calls) == 1 + 1 + 2 * 3
+    epochs = [calls[2:5], calls[5:8]]
+    # the model trains on what the transform returned for each minibatch, not on the grey data
+    assert len(observed) == 6 and all(seen is binary for seen, (_, binary) in zip(observed, calls[2:], strict=True))
+    # each epoch binarizes every training datum once, and the second epoch draws afresh
+    draws = [
+        {tuple(x.flatten().tolist()): b for xs, bs in epoch for x, b in zip(xs, bs, strict=True)} for epoch in epochs
+    ]
+    assert len(draws[0]) == len(draws[1]) == 240 and draws[0].keys() == draws[1].keys()
+    redrawn = sum(not torch.equal(draws[0][key], draws[1][key]) for key in draws[0])
+    assert redrawn > 200, f"only {redrawn} of 240 data were binarized differently in the second epoch"
 
 
 def test_resuming_from_an_epoch_state_matches_the_uninterrupted_run(digits):
@@ -447,7 +468,8 @@ def test_each_rollback_halves_the_learning_rate_again(digits):
             on_nonfinite="rollback",
             on_epoch_end=fault_thrice_after_epoch_one,
         )
-    rates = [str(warning.message).rsplit(" ", 1)[-1] for warning in caught if "rolled back" in str(warning.message)]
+    messages = [str(warning.message) for warning in caught if "rolled back" in str(warning.message)]
+    rates = [re.search(r"lowered to ([0-9.e-]+),", message).group(1) for message in messages]
     assert rates == ["0.0005", "0.00025", "0.000125"] and history.rollbacks == 3
 
 
@@ -472,3 +494,269 @@ def test_grey_data_after_the_first_batch_of_a_dataset_are_refused():
     x[:128] = (x[:128] > 0.5).float()
     with pytest.raises(ValueError, match="support"):
         pyro_vae.fit(model, guide, TensorDataset(x), epochs=1, batch_size=128, validation=None, progress=False)
+
+
+@pytest.mark.parametrize(
+    "problem,validation,message",
+    [
+        ("nan", torch.full((10, 6), float("nan")), "the validation data holds 60 NaN"),
+        ("integers", torch.zeros(10, 6, dtype=torch.long), "the validation data must hold floating-point"),
+        (
+            "datum shape",
+            torch.zeros(10, 5),
+            r"the validation data have datum shape \(5,\) but the training data \(6,\)",
+        ),
+        ("dtype", torch.zeros(10, 6, dtype=torch.float64), "the validation data are torch.float64 but the training"),
+        ("labels", (torch.zeros(10, 6), torch.zeros(9, dtype=torch.long)), "labels y of the validation data"),
+    ],
+)
+def test_explicit_validation_data_are_checked_like_the_training_data_before_training(problem, validation, message):
+    model, guide = stock_pair((6,), "bernoulli")
+    trained = []
+    with pytest.raises((ValueError, TypeError), match=message):
+        pyro_vae.fit(
+            model,
+            guide,
+            torch.zeros(40, 6),
+            epochs=1,
+            validation=validation,
+            on_epoch_end=trained.append,
+            progress=False,
+        )
+    assert not trained  # refused up front, not after an epoch of training
+
+
+def test_explicit_validation_data_go_through_the_models_own_check():
+    seen = []
+
+    class Checked(VAE):
+        def validate(self, x, y):
+            seen.append(len(x))
+
+    base, guide = stock_pair((6,), "bernoulli")
+    model = Checked(base.decoder, base.likelihood, base.latent_dim)
+    pyro_vae.fit(model, guide, torch.zeros(40, 6), epochs=1, validation=torch.zeros(7, 6), progress=False)
+    assert seen == [40, 7]
+
+
+def test_rollback_messages_name_what_was_restored_and_a_remedy_other_than_rolling_back(digits):
+    """The rollback's warning says what it restored and what to change if faults recur; once the
+    rollbacks are spent, the error names remedies, not on_nonfinite='rollback', which is in force."""
+    model, guide = stock_pair()
+    faults = [0]
+
+    def faulty_model(x, y=None, size=None):
+        if faults[0] > 0 and torch.is_grad_enabled():
+            faults[0] -= 1
+            with poutine.scale(scale=float("inf")):
+                return model(x, y=y, size=size)
+        return model(x, y=y, size=size)
+
+    def fault_after_epoch_one(state):
+        if state.epoch == 1:
+            faults[0] = pyro_vae.training.MAX_ROLLBACKS + 1
+
+    with pytest.warns(RuntimeWarning) as caught, pytest.raises(FloatingPointError) as error:
+        pyro_vae.fit(
+            faulty_model,
+            guide,
+            digits.train_x[:256],
+            epochs=3,
+            batch_size=64,
+            validation=None,
+            on_nonfinite="rollback",
+            on_epoch_end=fault_after_epoch_one,
+        )
+    warned = [str(warning.message) for warning in caught if "rolled back" in str(warning.message)]
+    assert len(warned) == pyro_vae.training.MAX_ROLLBACKS
+    for message in warned:
+        assert "epoch 2, step 1" in message
+        assert "restored the pair's parameters and the optimizer state from the end of epoch 1" in message
+        assert "repeated epoch 2" in message and "clip_norm" in message and "learning rate (lr)" in message
+        assert "on_nonfinite" not in message and "--on-nonfinite" not in message
+    final = str(error.value)
+    assert f"after {pyro_vae.training.MAX_ROLLBACKS} rollbacks" in final and "lowered to 0.000125" in final
+    assert "clip_norm" in final and "warmup_epochs" in final and "on_nonfinite" not in final
+
+
+def test_rolling_back_a_fault_in_the_first_epoch_restores_the_initial_parameters(digits):
+    model, guide = stock_pair()
+    poison = _poison_after(model, 2 + 3)  # the third batch of epoch 1
+    with pytest.warns(RuntimeWarning, match="optimizer state from the start of training"):
+        pyro_vae.fit(model, guide, digits.train_x, epochs=1, batch_size=256, transform=poison, on_nonfinite="rollback")
+
+
+def test_without_rollback_a_fault_suggests_remedies_and_rollback(digits):
+    model, guide = stock_pair()
+    poison = _poison_after(model, 2 + 3)
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 3.*clip_norm.*on_nonfinite='rollback'"):
+        pyro_vae.fit(model, guide, digits.train_x, epochs=1, batch_size=256, transform=poison)
+
+
+def closure_pair(dtype=torch.float32):
+    """A plain-function pair whose networks fit does not see (closures registered by pyro.module)."""
+    decoder, encoder = nn.Linear(2, 4).to(dtype), nn.Linear(4, 4).to(dtype)
+
+    def model(x, y=None, size=None):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 0.1).to_event(1), obs=x)
+
+    def guide(x, y=None, size=None):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", size, subsample=x):
+            loc, raw = encoder(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("pair", ["modules", "closures"])
+def test_data_of_another_dtype_than_the_networks_is_a_clear_error(pair):
+    """float64 data (from NumPy, say) for float32 networks, and float32 data for float64 ones."""
+    make = {
+        "modules": lambda dtype: [part.to(dtype) for part in stock_pair((4,), "gaussian")],
+        "closures": closure_pair,
+    }
+    pyro.clear_param_store()
+    model, guide = make[pair](torch.float32)
+    with pytest.raises(TypeError, match=r"float64 but the model or guide computes in torch.float32.*x\.float\(\).*"
+                       r"model\.double\(\) and guide\.double\(\)"):  # fmt: skip
+        pyro_vae.fit(model, guide, torch.randn(40, 4, dtype=torch.float64), epochs=1, progress=False)
+    pyro.clear_param_store()
+    model, guide = make[pair](torch.float64)
+    with pytest.raises(TypeError, match=r"float32 but the model or guide computes in torch.float64.*x\.double\(\).*"
+                       r"model\.float\(\) and guide\.float\(\)"):  # fmt: skip
+        pyro_vae.fit(model, guide, torch.randn(40, 4), epochs=1, progress=False)
+    pyro.clear_param_store()
+    model, guide = make[pair](torch.float64)  # matching dtypes train
+    history = pyro_vae.fit(model, guide, torch.randn(40, 4, dtype=torch.float64), epochs=1, progress=False)
+    assert math.isfinite(history.val_elbo[0])
+
+
+def _record_splits(monkeypatch) -> list[torch.Tensor]:
+    splits: list[torch.Tensor] = []
+    split_data = pyro_vae.training.split_data
+
+    def recording(data, validation, seed):
+        train, held_out = split_data(data, validation, seed)
+        splits.append(held_out[0])
+        return train, held_out
+
+    monkeypatch.setattr(pyro_vae.training, "split_data", recording)
+    return splits
+
+
+def test_an_unseeded_fit_draws_its_validation_split_without_reseeding(monkeypatch):
+    """seed=None: the held-out data come from the caller's random stream (another state, another
+    split), the global generator is advanced but never reseeded; seed=k holds out the same data."""
+    splits = _record_splits(monkeypatch)
+    x = torch.arange(200.0).unsqueeze(-1).expand(200, 4).contiguous()
+
+    def run(caller_seed: int | None, seed: int | None = None) -> None:
+        if caller_seed is not None:
+            torch.manual_seed(caller_seed)
+        model, guide = stock_pair((4,), "gaussian")
+        initial = torch.initial_seed()
+        pyro_vae.fit(model, guide, x, epochs=1, batch_size=50, seed=seed, progress=False)
+        if seed is None:
+            assert torch.initial_seed() == initial, "fit(seed=None) reseeded torch's global generator"
+
+    run(5), run(5), run(6), run(None)
+    assert torch.equal(splits[0], splits[1])
+    assert not torch.equal(splits[0], splits[2]) and not torch.equal(splits[2], splits[3])
+    run(5, seed=3), run(6, seed=3)
+    assert torch.equal(splits[4], splits[5])
+
+
+def test_an_unseeded_run_resumes_with_its_own_validation_split(monkeypatch):
+    splits = _record_splits(monkeypatch)
+    x = torch.arange(200.0).unsqueeze(-1).expand(200, 4).contiguous()
+    model, guide = stock_pair((4,), "gaussian")
+    states = []
+    pyro_vae.fit(model, guide, x, epochs=2, batch_size=50, on_epoch_end=states.append, progress=False)
+    torch.manual_seed(12345)  # whatever happened in between
+    pyro_vae.fit(model, guide, x, epochs=2, batch_size=50, resume=states[0], progress=False)
+    assert torch.equal(splits[0], splits[1])
+
+
+def test_the_pair_is_inspected_once_per_fit_and_validated_with_current_globals(monkeypatch):
+    """The validation ELBO reuses fit's inspection (no inspect_pair per epoch), and still holds the
+    global latent at the mean the guide has now, not at the one it had when it was inspected."""
+    inspections = []
+    for module in (pyro_vae.training, pyro_vae.scoring):
+        original = module.inspect_pair
+
+        def counting(*args, _original=original, **kwargs):
+            inspections.append(args[2].shape[0])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "inspect_pair", counting)
+    pyro.clear_param_store()
+    decoder, encoder = nn.Linear(1, 3), nn.Linear(3, 2)
+
+    def model(x, y=None, size=None):
+        pyro.module("decoder", decoder)
+        log_sigma = pyro.sample("log_sigma", dist.Normal(0.0, 3.0))  # a global latent
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), log_sigma.exp()).to_event(1), obs=x)
+
+    def guide(x, y=None, size=None):
+        pyro.module("encoder", encoder)
+        shift = pyro.param("log_sigma_shift", torch.tensor(0.0))
+        pyro.sample("log_sigma", dist.Normal(2.0 + shift, 0.01))  # a computed mean: stale in an old trace
+        with pyro.plate("data", size, subsample=x):
+            loc, raw = encoder(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(1500, 1, generator=generator)
+    x = z * torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(1500, 3, generator=generator)
+    x_val = x[1000:]
+    history = pyro_vae.fit(model, guide, x[:1000], epochs=8, batch_size=100, lr=0.05, validation=x_val)
+    assert inspections == [100]  # one inspection, of the first training batch
+    assert pyro.param("log_sigma_shift").item() < -2.0  # the global moved a long way from log σ = 2
+    scored = pyro_vae.elbo(model, guide, x_val, num_samples=20).mean().item()
+    assert history.val_elbo[-1] == pytest.approx(scored, abs=0.5)
+
+
+class Owner(nn.Module):
+    """A program whose model and guide are methods (``fit(owner.model, owner.guide, ...)``) and
+    which records where it is moved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder, self.encoder = nn.Linear(2, 4), nn.Linear(4, 4)
+        self.moved_to: list = []
+
+    def to(self, *args, **kwargs):
+        self.moved_to.append(torch.device(args[0]) if args else kwargs.get("device"))
+        return super().to(*args, **kwargs)
+
+    def model(self, x):
+        pyro.module("owner", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, device=x.device), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.decoder(z), 0.1).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("owner", self)
+        with pyro.plate("data", x.shape[0]):
+            loc, raw = self.encoder(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+def test_the_module_of_bound_methods_is_moved_to_the_device():
+    owner = Owner()
+    pyro_vae.fit(owner.model, owner.guide, torch.randn(40, 4), epochs=1, device="cpu", progress=False)
+    assert owner.moved_to == [torch.device("cpu")]  # once, though it owns both programs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bound_methods_train_on_the_gpu():
+    owner = Owner()
+    history = pyro_vae.fit(owner.model, owner.guide, torch.randn(40, 4), epochs=2, device="cuda", progress=False)
+    assert all(parameter.is_cuda for parameter in owner.parameters())
+    assert all(map(math.isfinite, history.val_elbo))
