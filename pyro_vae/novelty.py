@@ -1,24 +1,31 @@
-"""A novelty detector with scikit-learn's conventions, scoring by the model's own evidence.
+"""A novelty detector in scikit-learn's conventions, scoring by the model's own evidence.
 
-``NoveltyDetector`` fits a VAE to tabular data and scores new rows by the importance-sampled
-log p(x) of :mod:`pyro_vae.scoring`: higher is more normal, as in scikit-learn's
-``score_samples``. ``offset_`` is the ``contamination`` quantile of the training scores, so
+``NoveltyDetector`` is a scikit-learn outlier detector (``OutlierMixin`` on ``BaseEstimator``:
+keyword-only parameters checked by ``_parameter_constraints``, ``validate_data``,
+``check_is_fitted``; ``check_estimator`` passes, ``tests/test_novelty_conventions.py``). It fits
+VAEs to tabular data and scores new rows by the importance-sampled log p(x) of
+:mod:`pyro_vae.scoring`: higher is more normal, as in scikit-learn's ``score_samples``.
+``offset_`` is the ``contamination`` quantile of the training scores, so
 ``decision_function(X) = score_samples(X) - offset_`` is negative for outliers and ``predict``
-flags about a ``contamination`` fraction of the training data with -1 (Breunig et al.'s and
-scikit-learn's ``LocalOutlierFactor(novelty=True)`` semantics).
+flags about a ``contamination`` fraction of the training data with -1 (scikit-learn's
+``IsolationForest`` and ``LocalOutlierFactor(novelty=True)`` semantics). PyOD's signs are in
+:mod:`pyro_vae.pyod_detector`.
 
-Preprocessing (:class:`~pyro_vae.preprocessing.TablePreprocessor`) is fitted on the training
-data and kept with the detector: constant columns are dropped, binary columns get a Bernoulli
-likelihood, the others are standardized and get a Student-t with learned location and scale
-(heavy tails keep a few extreme training rows from dominating the fit).
+Preprocessing (:mod:`pyro_vae.table_preprocessing`) is fitted on the training data and kept with
+the detector: robust standardization with a logarithmic tail, binary columns for a Bernoulli
+likelihood, constant ones left out; binary and constant columns keep watching for values they
+never took. The others get a Student-t with learned location and scale (heavy tails keep a few
+extreme training rows from dominating the fit). The score is a log-density of the original
+columns: the model's, plus what the preprocessing adds (its log-Jacobian and the watched levels).
 
 The score is the mean of the log p(x) of ``members`` VAEs (different seeds), each trained for a
 short budget of ``steps`` minibatch steps. Training data for novelty detection usually holds some
-outliers; the longer a VAE trains, the more density it gives them, and on the ADBench tables a
-short budget ranks the test outliers better (``docs/adbench_results.md``). A short budget leaves
-each model's log p(x) noisier, which the average over members reduces. The average of
+outliers; the longer a VAE trains, the more density it gives them. A short budget leaves each
+model's log p(x) noisier, which the average over members reduces. The average of
 log-likelihoods is the log of the members' geometric-mean density, up to a constant: still a
-likelihood score, with no labels, distances or reconstruction errors involved.
+likelihood score, with no labels, distances or reconstruction errors involved. Every row gets the
+same importance-sampling noise (:mod:`pyro_vae.common_noise`), so its score is bit-identical
+whether it is scored alone, in a batch or in another order.
 
 Each score comes with the Pareto-k̂ of its importance weights (:mod:`pyro_vae.diagnostics`) and
 an empirical tail probability against the training scores; :meth:`NoveltyDetector.save` and
@@ -36,11 +43,17 @@ but ``__main__``) imports neither it nor the stock parts. It stays at ``pyro_vae
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyro
 import torch
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
@@ -48,9 +61,9 @@ from pyro_vae.device import resolve_device
 from pyro_vae.diagnostics import ImportanceScores, importance_scores
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.models import VAE
-from pyro_vae.preprocessing import TablePreprocessor
 from pyro_vae.resume import rng_state, set_rng_state
 from pyro_vae.scoring import log_likelihood
+from pyro_vae.table_preprocessing import TAIL, TablePreprocessor
 from pyro_vae.training import History, fit
 from pyro_vae.validation import check_data
 
@@ -60,6 +73,7 @@ PARAMETERS = (
     "members",
     "steps",
     "trim",
+    "tail",
     "latent_dim",
     "hidden",
     "epochs",
@@ -72,6 +86,7 @@ PARAMETERS = (
     "device",
     "progress",
 )
+_POSITIVE = Interval(Integral, 1, None, closed="left")
 
 
 def empirical_tail_probability(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -85,23 +100,40 @@ def _validation(rows: int) -> float:
     return 0.1 if rows >= 50 else 0.0
 
 
-def _as_table(X, name: str = "X") -> torch.Tensor:
-    array = np.asarray(X)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (rows, columns), got shape {array.shape}")
-    if array.shape[0] == 0:
-        raise ValueError(f"{name} has no rows")
-    check_data(torch.as_tensor(array, dtype=torch.float64), name)
-    return torch.as_tensor(array, dtype=torch.float32)
+def numeric_frame(X):
+    """A pandas DataFrame with every column numeric (categorical columns of numbers become their
+    values); columns that hold text or other objects are named in a TypeError. Anything else is
+    returned as it is."""
+    if not type(X).__module__.startswith("pandas") or not hasattr(X, "columns"):
+        return X
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    columns = {}
+    for name in X.columns:
+        dtype = X[name].dtype
+        if getattr(dtype, "categories", None) is not None and is_numeric_dtype(dtype.categories.dtype):
+            columns[name] = X[name].astype(dtype.categories.dtype)
+        elif not (is_numeric_dtype(dtype) or is_bool_dtype(dtype)):
+            columns[name] = None
+    refused = [name for name, column in columns.items() if column is None]
+    if refused:
+        raise TypeError(
+            f"columns {refused[:5]} of X are not numeric ({', '.join(str(X[n].dtype) for n in refused[:5])}); "
+            "encode them first, e.g. with sklearn.preprocessing.OneHotEncoder in a Pipeline"
+        )
+    return X.assign(**columns) if columns else X
 
 
-class NoveltyDetector:
-    """VAE novelty detector for tables, in the manner of scikit-learn's novelty detectors.
+class NoveltyDetector(OutlierMixin, BaseEstimator):
+    """VAE novelty detector for tables, a scikit-learn outlier detector (``check_estimator``
+    passes) scoring rows by the model's importance-sampled log p(x).
 
     :param int members: number of VAEs (seeds) whose log p(x) is averaged.
     :param int steps: minibatch steps each member trains for (rounded up to whole epochs).
+    :param float trim: the fraction of training rows with the lowest log p(x) that each member
+        leaves out of the second half of its training (``0``: none); see :meth:`fit`.
+    :param float tail: standardized values beyond ±``tail`` are compressed logarithmically
+        (:mod:`pyro_vae.table_preprocessing`).
     :param latent_dim: dimension of z (default: half the columns, between 2 and 32).
     :param hidden: hidden layer widths (default: twice the columns, between 64 and 512, then half).
     :param epochs: passes over the data, overriding ``steps``.
@@ -111,20 +143,42 @@ class NoveltyDetector:
     :param float contamination: the expected fraction of outliers in the training data; sets
         ``offset_``.
     :param df: degrees of freedom of the Student-t for continuous columns (``None``: Gaussian).
-    :param random_state: seed for the networks, training and scoring (the global generators are
-        left as they were; without it, fit draws a seed from torch's).
+    :param random_state: seed (an int, a ``numpy.random.RandomState`` or ``None``) for the
+        networks, training and scoring; the global generators are left as they were.
     :param str device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-    :param float trim: the fraction of training rows with the lowest log p(x) that each member
-        leaves out of the second half of its training (``0``: none); see :meth:`fit`.
+    :param progress: show progress bars (``None``: only on a terminal).
 
-    After :meth:`fit`, ``history_[m]`` holds the :class:`~pyro_vae.training.History` of each
-    training phase of member ``m`` (two with ``trim``, else one).
+    After :meth:`fit`: ``train_scores_`` (the training rows' scores, in row order), ``offset_``,
+    ``n_features_in_`` (and ``feature_names_in_`` for a DataFrame), ``preprocessor_``,
+    ``models_``, ``guides_``, ``seed_`` and ``history_[m]``, the
+    :class:`~pyro_vae.training.History` of each training phase of member ``m``.
     """
+
+    _parameter_constraints: ClassVar[dict] = {
+        "members": [_POSITIVE],
+        "steps": [_POSITIVE],
+        "trim": [Interval(Real, 0, 1, closed="left")],
+        "tail": [Interval(Real, 1, None, closed="left")],
+        "latent_dim": [_POSITIVE, None],
+        "hidden": ["array-like", None],
+        "epochs": [_POSITIVE, None],
+        "batch_size": [_POSITIVE],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "num_samples": [_POSITIVE],
+        "contamination": [Interval(Real, 0, 0.5, closed="right")],
+        "df": [Interval(Real, 0, None, closed="neither"), None],
+        "random_state": ["random_state"],
+        "device": [StrOptions({"cpu", "cuda", "auto"}), str],
+        "progress": ["boolean", None],
+    }
 
     def __init__(
         self,
+        *,
         members: int = 5,
         steps: int = 500,
+        trim: float = TRIM_DEFAULT,
+        tail: float = TAIL,
         latent_dim: int | None = None,
         hidden: tuple[int, ...] | None = None,
         epochs: int | None = None,
@@ -133,14 +187,14 @@ class NoveltyDetector:
         num_samples: int = 100,
         contamination: float = 0.1,
         df: float | None = 4.0,
-        random_state: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
         device: str = "cpu",
         progress: bool | None = False,
-        trim: float = TRIM_DEFAULT,
     ) -> None:
         self.members = members
         self.steps = steps
         self.trim = trim
+        self.tail = tail
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.epochs = epochs
@@ -153,14 +207,28 @@ class NoveltyDetector:
         self.device = device
         self.progress = progress
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
     def _sizes(self, rows: int, columns: int) -> tuple[int, tuple[int, ...], int]:
         latent = self.latent_dim or min(32, max(2, columns // 2))
         width = min(512, max(64, 2 * columns))
-        hidden = self.hidden or (width, max(32, width // 2))
+        hidden = tuple(int(h) for h in self.hidden) if self.hidden is not None else (width, max(32, width // 2))
         steps_per_epoch = math.ceil(rows * (1 - _validation(rows)) / self.batch_size)
         epochs = self.epochs or math.ceil(self.steps / steps_per_epoch)
-        return latent, tuple(hidden), epochs
+        return latent, hidden, epochs
 
+    def _table(self, X, reset: bool) -> np.ndarray:
+        """``X`` checked as scikit-learn checks it (float64, 2-D, feature names and count), with
+        NaN and infinite values named by row and column."""
+        array = validate_data(self, numeric_frame(X), reset=reset, dtype=np.float64, order="C", ensure_all_finite=False)
+        array = array if array.flags.writeable else array.copy()  # torch takes no read-only memory
+        check_data(torch.from_numpy(array), "X")
+        return array
+
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None) -> NoveltyDetector:
         """Fit the preprocessing and the VAEs to ``X`` (``y`` is ignored: unsupervised).
 
@@ -170,25 +238,23 @@ class NoveltyDetector:
         needed, else no trimming): a trimmed likelihood, as robust estimators such as the
         minimum covariance determinant fit the bulk of the data and not its outliers.
         """
-        if not 0 < self.contamination <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination}")
-        if not 0 <= self.trim < 1:
-            raise ValueError(f"trim must be in [0, 1), got {self.trim}")
-        if self.members < 1 or self.steps < 1:
-            raise ValueError(f"members and steps must be positive, got {self.members} and {self.steps}")
-        x = _as_table(X)
-        self.n_features_in_ = x.shape[1]
-        self.preprocessor_ = TablePreprocessor().fit(x)
-        x = self.preprocessor_.transform(x)
-        latent, hidden, epochs = self._sizes(*x.shape)
-        seed = self.random_state if self.random_state is not None else int(torch.randint(2**31, ()).item())
+        table = self._table(X, reset=True)
+        if table.shape[0] < 2:
+            raise ValueError(f"X has 1 sample; a detector needs at least 2 training rows (got shape {table.shape})")
+        self.preprocessor_ = TablePreprocessor(self.tail).fit(torch.from_numpy(table))
+        view, _ = self.preprocessor_.transform(torch.from_numpy(table))
+        latent, hidden, epochs = self._sizes(*view.shape)
+        random_state = self.random_state
+        self.seed_ = (
+            random_state if isinstance(random_state, Integral) else check_random_state(random_state).randint(2**31)
+        )
         self.latent_dim_, self.hidden_ = latent, hidden
         outside = rng_state()  # each member is seeded; the caller's generators are left as they were
         try:
-            self._fit_members(x, epochs, seed)
+            self._fit_members(view, epochs, int(self.seed_))
         finally:
             set_rng_state(outside)
-        self.train_scores_ = np.sort(self._score(x).log_likelihood)
+        self.train_scores_ = self._score(table).log_likelihood
         self.offset_ = float(np.quantile(self.train_scores_, self.contamination))
         return self
 
@@ -238,46 +304,36 @@ class NoveltyDetector:
         model = VAE.build(shape, latent, hidden, "mlp", "mixed", binary=binary, df=self.df)
         return model, AmortizedNormal.build(shape, latent, hidden, "mlp")
 
-    def _score(self, x: torch.Tensor) -> ImportanceScores:
-        """The members' mean log p(x), with the largest of their k̂ (the least reliable estimate in
-        the mean). Seeded, so the same rows get the same scores, without touching the caller's
-        random state."""
-        outside = rng_state()
-        pyro.set_rng_seed(self.random_state if self.random_state is not None else 0)
-        try:
-            x = x.to(next(self.models_.parameters()).device)
-            scores = [
-                importance_scores(model, guide, x, num_samples=self.num_samples)
-                for model, guide in zip(self.models_, self.guides_, strict=True)
-            ]
-        finally:
-            set_rng_state(outside)
-        log_likelihood = np.mean([score.log_likelihood for score in scores], axis=0)
-        return ImportanceScores(log_likelihood, np.max([score.pareto_k for score in scores], axis=0), self.num_samples)
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "offset_"):
-            raise RuntimeError("this NoveltyDetector is not fitted yet; call fit(X) first")
+    def _score(self, table: np.ndarray) -> ImportanceScores:
+        """The members' mean log p(x) of the rows of ``table`` with the largest of their k̂ (the
+        least reliable estimate in the mean), plus the preprocessing's log-density. Every row gets
+        the same noise draws (``common_noise``), so a row's score does not depend on the other
+        rows in the call or their order."""
+        view, log_density = self.preprocessor_.transform(torch.from_numpy(table))
+        view = view.to(next(self.models_.parameters()).device)
+        scores = [
+            importance_scores(model, guide, view, num_samples=self.num_samples, common_noise=int(self.seed_))
+            for model, guide in zip(self.models_, self.guides_, strict=True)
+        ]
+        log_px = np.mean([score.log_likelihood for score in scores], axis=0) + log_density.numpy()
+        return ImportanceScores(log_px, np.max([score.pareto_k for score in scores], axis=0), self.num_samples)
 
     def score_with_diagnostics(self, X) -> ImportanceScores:
         """Importance-sampled log p(x) of every row with the Pareto-k̂ of its weights."""
-        self._check_fitted()
-        x = _as_table(X)
-        if x.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {x.shape[1]} columns, but the detector was fitted on {self.n_features_in_}")
-        return self._score(self.preprocessor_.transform(x))
+        check_is_fitted(self)
+        return self._score(self._table(X, reset=False))
 
     def score_samples(self, X) -> np.ndarray:
-        """Importance-sampled log p(x) of every row, in nats of the preprocessed data: higher is
-        more normal."""
+        """Importance-sampled log p(x) of every row (a density of the original columns, see
+        :mod:`pyro_vae.table_preprocessing`): higher is more normal."""
         return self.score_with_diagnostics(X).log_likelihood
 
     def tail_probability(self, scores: np.ndarray) -> np.ndarray:
         """The empirical probability that a training row scores at most ``scores`` (outputs of
         :meth:`score_samples`): (1 + #{training ≤ s}) / (n + 1). The model was fitted to those
         rows, so new inliers tend to score a little lower and get somewhat smaller values."""
-        self._check_fitted()
-        return empirical_tail_probability(self.train_scores_, scores)
+        check_is_fitted(self)
+        return empirical_tail_probability(np.sort(self.train_scores_), scores)
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""
@@ -290,11 +346,13 @@ class NoveltyDetector:
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector (parameters, preprocessing, training scores) to one
         checkpoint file, atomically."""
-        self._check_fitted()
+        check_is_fitted(self)
+        parameters = {name: getattr(self, name) for name in PARAMETERS} | {"random_state": int(self.seed_)}
         config = {
             "kind": DETECTOR_KIND,
-            "parameters": {name: getattr(self, name) for name in PARAMETERS},
+            "parameters": parameters | {"hidden": None if self.hidden is None else list(self.hidden)},
             "n_features_in": self.n_features_in_,
+            "feature_names_in": [str(name) for name in getattr(self, "feature_names_in_", [])] or None,
             "latent_dim": self.latent_dim_,
             "hidden": list(self.hidden_),
             "offset": self.offset_,
@@ -310,16 +368,15 @@ class NoveltyDetector:
         config = checkpoint.config
         if config.get("kind") != DETECTOR_KIND:
             raise ValueError(f"{path} is not a NoveltyDetector file (it holds a {config.get('kind', 'training run')})")
+        preprocessor = TablePreprocessor.from_state_dict(checkpoint.preprocessing)
         parameters = config["parameters"]
-        parameters = {"trim": 0.0} | parameters  # written before trimming: trained without it
-        if "members" not in parameters:  # written before the ensemble: one VAE, its state unprefixed
-            parameters = parameters | {"members": 1}
-            checkpoint.model_state = {f"0.{name}": value for name, value in checkpoint.model_state.items()}
-            checkpoint.guide_state = {f"0.{name}": value for name, value in checkpoint.guide_state.items()}
-        detector = cls(**{**parameters, "device": str(torch_device)})
-        detector.n_features_in_ = config["n_features_in"]
+        hidden = None if parameters["hidden"] is None else tuple(parameters["hidden"])
+        detector = cls(**(parameters | {"device": str(torch_device), "hidden": hidden}))
+        detector.n_features_in_, detector.seed_ = config["n_features_in"], parameters["random_state"]
+        if config["feature_names_in"] is not None:
+            detector.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
         detector.latent_dim_, detector.hidden_ = config["latent_dim"], tuple(config["hidden"])
-        detector.preprocessor_ = TablePreprocessor.from_state_dict(checkpoint.preprocessing)
+        detector.preprocessor_ = preprocessor
         members = [detector._build_member() for _ in range(detector.members)]
         detector.models_ = nn.ModuleList(model for model, _ in members)
         detector.guides_ = nn.ModuleList(guide for _, guide in members)

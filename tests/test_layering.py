@@ -18,9 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "pyro_vae"
 STOCK = ("pyro_vae.models", "pyro_vae.guides", "models", "guides")
-APPLICATIONS = ("pyro_vae.cli", "pyro_vae.novelty", "pyro_vae.__main__")
+APPLICATIONS = ("pyro_vae.cli", "pyro_vae.novelty", "pyro_vae.pyod_detector", "pyro_vae.__main__")
 # The modules of pyro_vae/ outside the core: the detector, and the entry point of ``python -m pyro_vae``.
-APPLICATION_MODULES = ("novelty.py", "__main__.py")
+APPLICATION_MODULES = ("novelty.py", "pyod_detector.py", "__main__.py")
 
 
 def _module_name(path: Path) -> str:

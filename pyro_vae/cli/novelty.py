@@ -120,8 +120,9 @@ def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: tor
         for index in range(len(x))
     ]
     rows = _ranked(rows)
-    _annotate(rows, detector.train_scores_, detector.offset_, detector.num_samples)
-    return Scored(rows, detector.train_scores_, detector.offset_, "log p(x)", detector.num_samples)
+    reference = np.sort(detector.train_scores_)
+    _annotate(rows, reference, detector.offset_, detector.num_samples)
+    return Scored(rows, reference, detector.offset_, "log p(x)", detector.num_samples)
 
 
 def _run_rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, args: argparse.Namespace) -> list[dict]:
