@@ -15,6 +15,7 @@ and the latent tools need to know about it (:class:`Inspection`).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoCallable, AutoGuide, AutoGuideList, AutoMessenger
+from pyro.poutine.guide import GuideMessenger
 from pyro.poutine.messenger import Messenger, unwrap
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
@@ -72,6 +74,21 @@ class Bound:
     data_plate: str = DATA_PLATE
 
     def __call__(self, x: torch.Tensor | None, y: torch.Tensor | None = None, size: int | None = None):
+        args, kwargs = self._arguments(x, y, size)
+        rows = x.shape[0] if x is not None else size
+        scale = size is not None and not self.takes_size and rows != size
+        composite = isinstance(unwrap(self.program), AutoGuideList)
+        if not (scale or composite):
+            return self.program(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            if scale:
+                stack.enter_context(_ScaleToData(self.data_plate, size, rows))
+            if composite:
+                stack.enter_context(_OnePlateSite(self.data_plate, rows))
+            return self.program(*args, **kwargs)
+
+    def _arguments(self, x: torch.Tensor | None, y: torch.Tensor | None, size: int | None) -> tuple[list, dict]:
+        """The positional and keyword arguments the program takes of ``x``, ``y`` and ``size``."""
         args: list = [x]
         kwargs: dict = {}
         if y is not None:
@@ -81,15 +98,50 @@ class Bound:
                 args.append(y)
             else:
                 kwargs[LABELS] = y
-        if size is None or self.takes_size:
-            if size is not None:
-                kwargs[SIZE] = size
-            return self.program(*args, **kwargs)
-        rows = x.shape[0] if x is not None else size
-        if rows == size:
-            return self.program(*args, **kwargs)
-        with _ScaleToData(self.data_plate, size, rows):
-            return self.program(*args, **kwargs)
+        if size is not None and self.takes_size:
+            kwargs[SIZE] = size
+        return args, kwargs
+
+
+def _stands_for_batch(msg: dict, rows: int | None) -> bool:
+    """Whether a plate's subsample site holds ``rows`` data given by the caller (an explicit
+    ``subsample``, or the whole of a plate of ``rows``), not a random subsample of another size."""
+    if rows is None:
+        return True
+    if msg["value"] is not None:
+        return len(msg["value"]) == rows
+    fn = msg["fn"]
+    return fn.size == rows and fn.subsample_size in (None, rows)
+
+
+class _OnePlateSite(Messenger):
+    """Let one subsample site per plate reach the trace in a call of an :class:`AutoGuideList`.
+
+    The list creates a plate for every plate its model samples in (the data plate as long as on
+    its first call), and a part that is no AutoGuide (an amortized guide such as
+    :class:`~pyro_vae.guides.AutoAmortizedNormal`, which the list wraps in an ``AutoCallable`` and
+    does not hand its plates) creates the plates it samples in again: a trace takes one site per
+    name. The data plate's site kept is the first that holds this batch's ``rows``; the list's own
+    random subsample of its first call's length is hidden too, for the model replays the guide's.
+    """
+
+    def __init__(self, data_plate: str, rows: int | None) -> None:
+        super().__init__()
+        self.data_plate, self.rows = data_plate, rows
+        self.seen: set[str] = set()
+
+    def __enter__(self):
+        self.seen = set()
+        return super().__enter__()
+
+    def _process_message(self, msg: dict) -> None:
+        if not site_is_subsample(msg):
+            return
+        name = msg["name"]
+        if name in self.seen or (name == self.data_plate and not _stands_for_batch(msg, self.rows)):
+            msg["stop"] = True  # drawn, but hidden from the trace and every handler outside
+        else:
+            self.seen.add(name)
 
 
 def _name(program: Callable) -> str:
@@ -106,13 +158,27 @@ def _signature(program: Callable) -> inspect.Signature | None:
         return None
 
 
-def bind(program: Callable, data_plate: str = DATA_PLATE) -> Bound:
-    """``program`` with pyro_vae's calling convention (returned unchanged if it already is one)."""
-    if isinstance(program, Bound):
-        return program
+def _guided_model(program: Callable) -> Callable | None:
+    """The model that one of Pyro's AutoGuides (or effect-based guides) passes its arguments on
+    to, or ``None`` for any other program."""
+    target = unwrap(program)
+    if not isinstance(target, (AutoGuide, GuideMessenger)):
+        return None
+    try:
+        return target.model
+    except TypeError:  # unpickled: the reference to the model is dropped
+        return None
+
+
+def _calling(program: Callable) -> tuple[str, bool]:
+    """How ``program`` takes labels and whether it takes ``size`` (see :class:`Bound`), read off its
+    signature; an AutoGuide's ``forward(*args, **kwargs)`` takes what its model takes."""
+    model = _guided_model(program)
+    if model is not None:
+        return _calling(model)
     signature = _signature(program)
     if signature is None:
-        return Bound(program, "keyword", True, data_plate)
+        return "keyword", True
     parameters = list(signature.parameters.values())
     var_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters)
     names = {p.name for p in parameters}
@@ -123,7 +189,18 @@ def bind(program: Callable, data_plate: str = DATA_PLATE) -> Bound:
         labels = "positional"
     else:
         labels = "none"
-    return Bound(program, labels, SIZE in names or var_keyword, data_plate)
+    return labels, SIZE in names or var_keyword
+
+
+def bind(program: Callable, data_plate: str = DATA_PLATE) -> Bound:
+    """``program`` with pyro_vae's calling convention (returned unchanged if it already is one).
+
+    One of Pyro's AutoGuides (``AutoNormal(model)``, an ``AutoGuideList``) is called as its model is.
+    """
+    if isinstance(program, Bound):
+        return program
+    labels, takes_size = _calling(program)
+    return Bound(program, labels, takes_size, data_plate)
 
 
 def data_frame(site: dict, plate: str):
@@ -184,6 +261,22 @@ class Inspection:
         (nothing is checked when the program built its likelihood with ``validate_args=False``)."""
         if self.support is not None:
             check_support(self.support, x, self.family)
+
+    def require_whole_batch(self, rows: int) -> None:
+        """Per-datum scores need the data plate to hold every one of the ``rows`` data it was given:
+        a program that subsamples them itself (``pyro.plate("data", N, subsample_size=b)``) scores
+        b data of its choosing, which are not the rows of ``x``."""
+        plate = self.convention.data_plate
+        for trace in (self.model_trace, self.guide_trace):
+            for name, site in sample_sites(trace).items():
+                frame = data_frame(site, plate)
+                if frame is not None and frame.size not in (rows, -1):
+                    raise ValueError(
+                        f"site {name!r} is in pyro.plate({plate!r}) of {frame.size} data, but the program was given "
+                        f"{rows}: it subsamples the data plate itself (subsample_size=...), so per-datum scores are "
+                        f"undefined; let the caller pass the batch: pyro.plate({plate!r}, size, subsample=x) (or "
+                        f"pyro.plate({plate!r}, len(x)))"
+                    )
 
     def require_guide_covers_model(self) -> None:
         """Scores need every latent site of the model sampled by the guide."""
@@ -254,20 +347,27 @@ def _traces_owning_parameters(model: Bound, guide: Bound, x, y, size) -> tuple[T
     raise AssertionError("unreachable")
 
 
+def _observes(site: dict) -> bool:
+    """Whether a sample site observes data: observed, and neither a ``pyro.deterministic`` record
+    (an observed Delta) nor auxiliary."""
+    return site["is_observed"] and not site["infer"].get("_deterministic") and not site["infer"].get("is_auxiliary")
+
+
 def observed_site(model_trace: Trace, convention: Convention = DEFAULT, exclude: str | None = None) -> str:
     """The name of the model's site that observes the data (see :class:`~pyro_vae.convention.Convention`)."""
     if convention.observed_site is not None:
         name = convention.observed_site
         site = model_trace.nodes.get(name)
-        if site is None or site["type"] != "sample" or not site["is_observed"]:
-            raise ValueError(f"the model has no observed sample site named {name!r}")
+        if site is None or site["type"] != "sample" or not _observes(site):
+            raise ValueError(
+                f"the model has no observed sample site named {name!r} (a pyro.deterministic or auxiliary site "
+                "does not observe the data)"
+            )
         return name
     observed = [
         name
         for name, site in sample_sites(model_trace).items()
-        if site["is_observed"]
-        and not site["infer"].get("is_auxiliary")
-        and name not in (convention.label_site, exclude)
+        if _observes(site) and name not in (convention.label_site, exclude)
     ]
     if OBSERVED_SITE in observed:
         return OBSERVED_SITE

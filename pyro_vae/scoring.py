@@ -48,6 +48,7 @@ from pyro_vae.convention import Convention
 from pyro_vae.distributions import mean_of
 from pyro_vae.program import Inspection, data_frame, inspect_pair, trace_pair
 from pyro_vae.progress import progress_bar
+from pyro_vae.validation import check_data
 
 DEFAULT_MAX_BATCH = 1 << 14
 INSPECTED_ROWS = 128  # the rows a scoring call traces to inspect the pair
@@ -189,8 +190,10 @@ def iter_log_weights(
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     if x.shape[0] == 0:
         raise ValueError("cannot score an empty data set")
-    first_y = None if y is None else y[:INSPECTED_ROWS]
-    inspection = inspect_pair(model, guide, x[:INSPECTED_ROWS], first_y, convention=convention)
+    check_data(x)
+    first_x, first_y = x[:INSPECTED_ROWS], None if y is None else y[:INSPECTED_ROWS]
+    inspection = inspect_pair(model, guide, first_x, first_y, convention=convention)
+    inspection.require_whole_batch(first_x.shape[0])
     inspection.require_guide_covers_model()
     inspection.check_support(x)
     scorer = _Scorer(inspection)

@@ -9,10 +9,15 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 import pyro_vae
+from pyro_vae.convention import Convention
+from pyro_vae.guides import AutoAmortizedNormal
 from pyro_vae.program import bind, inspect_pair
 
 
@@ -270,3 +275,87 @@ def test_loading_store_parameters_refuses_what_does_not_fit(tmp_path):
     module_path = pyro_vae.save_checkpoint(tmp_path / "m.pt", NoisyLinear(), NoisyLinear())
     with pytest.raises(ValueError, match=r"holds the model's nn\.Module weights"):
         pyro_vae.load_checkpoint(module_path, no_noise, lambda x: None)
+
+
+def test_a_deterministic_site_is_not_the_observed_data():
+    """pyro.deterministic records a value as an observed Delta; it is not the data."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.deterministic("z_sum", z.sum(-1))
+            pyro.sample("obs", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    def without_record(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("obs", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    x = torch.randn(6, 2)
+    assert inspect_pair(model, guide, x).observed_site == "obs"
+    scores = []
+    for program in (model, without_record):
+        torch.manual_seed(0)
+        scores.append(pyro_vae.log_weights(program, guide, x, num_samples=3))
+    assert torch.equal(*scores)  # the record adds nothing to a score
+    with pytest.raises(ValueError, match=r"no observed sample site named 'z_sum'.*deterministic"):
+        inspect_pair(model, guide, x, convention=Convention(observed_site="z_sum"))
+
+
+def global_only(x):
+    """A model written ``model(x)`` with one global latent: Pyro's AutoGuides are amortized for it."""
+    loc = pyro.sample("loc", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+
+@pytest.mark.parametrize("autoguide", [AutoDelta, AutoNormal])
+def test_pyro_s_autoguides_are_called_as_their_model_is(autoguide):
+    """An AutoGuide's forward(*args, **kwargs) hands everything to the model: it takes what the
+    model takes (no size= for model(x))."""
+    pyro.clear_param_store()
+    guide = autoguide(global_only)
+    bound = bind(guide)
+    assert (bound.labels, bound.takes_size) == ("none", False)
+    x = torch.randn(20, 2) + 1.0
+    pyro_vae.fit(global_only, guide, x, epochs=2, batch_size=10, validation=None)
+    assert pyro_vae.elbo(global_only, guide, x).shape == (20,)
+
+
+def with_noise_scale(x):
+    """A global noise scale and a per-datum z, written ``model(x)``."""
+    sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, sigma).to_event(1), obs=x)
+
+
+def with_noise_scale_sized(x, y=None, size=None):
+    """The same model stating the data set's size: pyro.plate("data", size, subsample=x)."""
+    sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("data", size, subsample=x):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, sigma).to_event(1), obs=x)
+
+
+@pytest.mark.parametrize("model", [with_noise_scale, with_noise_scale_sized])
+def test_an_autoguidelist_with_an_amortized_part_traces_one_data_plate(model):
+    """The list creates every plate of its model (the data plate as long as its first batch) and
+    AutoAmortizedNormal, wrapped in an AutoCallable, creates the data plate again: one site of it
+    reaches the trace, the one that holds the batch, for batches of any length."""
+    pyro.clear_param_store()
+    guide = AutoGuideList(model)
+    guide.append(AutoNormal(poutine.block(model, expose=["sigma"])))
+    guide.append(AutoAmortizedNormal(model, hidden=(8,), global_sites="skip"))
+    x = torch.randn(40, 2) * 2.0
+    for loss in ("auto", "trace"):
+        history = pyro_vae.fit(model, guide, x, epochs=2, batch_size=7, loss=loss, validation=None)
+        assert all(math.isfinite(value) for value in history.train_elbo)
+    trace = poutine.trace(bind(guide)).get_trace(x[:9], None, size=40)
+    plates = [(name, len(site["value"])) for name, site in trace.nodes.items() if site_is_subsample(site)]
+    assert plates == [("data", 9)]
+    assert torch.isfinite(pyro_vae.log_likelihood(model, guide, x, num_samples=4)).all()

@@ -8,6 +8,8 @@ must be ordered ELBO ≤ IS ≤ exact (up to Monte Carlo error).
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -16,8 +18,9 @@ from pyro import poutine
 
 import pyro_vae
 from pyro_vae.convention import Convention
+from pyro_vae.diagnostics import importance_scores
 from pyro_vae.guides import AmortizedNormal
-from pyro_vae.scoring import log_weights
+from pyro_vae.scoring import iter_log_weights, log_weights
 
 DATA_DIM, LATENT_DIM, SIGMA = 5, 2, 0.5
 
@@ -193,3 +196,43 @@ def test_latent_missing_from_guide_is_refused(ppca):
 
     with pytest.raises(ValueError, match=r"\['z'\].*not sampled by the guide"):
         pyro_vae.elbo(ppca.model, empty_guide, ppca.sample(3, seed=0))
+
+
+def test_a_program_that_subsamples_its_data_plate_is_refused_for_scores():
+    """pyro.plate("data", N, subsample_size=b) scores b data of the program's choosing: per-datum
+    scores of the rows given are undefined, and say so before any work."""
+
+    def model(x):
+        with pyro.plate("data", len(x), subsample_size=4) as rows:
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x[rows])
+
+    def guide(x):
+        with pyro.plate("data", len(x), subsample_size=4):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    x = torch.randn(10, 2)
+    for score in (pyro_vae.elbo, pyro_vae.log_likelihood, log_weights):
+        with pytest.raises(ValueError, match=r"pyro.plate\('data'\) of 4 data.*given 10.*subsample=x"):
+            score(model, guide, x)
+
+
+@pytest.mark.parametrize(
+    "x, error, message",
+    [
+        (
+            torch.zeros(2, DATA_DIM).index_fill(1, torch.tensor([3]), math.nan),
+            ValueError,
+            r"x holds 2 NaN.*rows \[0, 1\]",
+        ),
+        (torch.zeros(2, DATA_DIM).index_fill(1, torch.tensor([3]), math.inf), ValueError, "NaN or infinite"),
+        (torch.ones(2, DATA_DIM, dtype=torch.long), TypeError, r"floating-point.*x\.float\(\)"),
+    ],
+)
+def test_scores_check_the_data_as_fit_does(ppca, x, error, message):
+    scores = (pyro_vae.elbo, pyro_vae.log_likelihood, log_weights, importance_scores)
+    for score in scores:
+        with pytest.raises(error, match=message):
+            score(ppca.model, ppca.exact_guide, x)
+    with pytest.raises(error, match=message):
+        next(iter_log_weights(ppca.model, ppca.exact_guide, x))
