@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,3 +50,35 @@ def test_mnist_nll_runs_with_the_vampprior_on_a_small_stand_in(tmp_path):
     assert 156 < float(values["test_nll"]) < 543
     assert values["epochs"] == "3"
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+ADBENCH = ROOT.parent / "shared" / "data" / "adbench"
+
+
+def test_adbench_runs_ours_and_a_peer_on_one_tiny_set(tmp_path):
+    if not (ADBENCH / "42_WBC.npz").exists():
+        pytest.skip(f"no ADBench data in {ADBENCH}")
+    values = summary(
+        "adbench.py",
+        *("--data-dir", str(ADBENCH), "--out", str(tmp_path), "--sets", "42_WBC", "--seeds", "1", "--peers", "ECOD"),
+        *("--param", "members=1", "--param", "steps=5", "--param", "num_samples=4"),
+    )
+    keys = {"mean_auroc", "dev_mean_auroc", "report_mean_auroc", "iforest_mean_auroc", "iforest_dev_mean_auroc"}
+    keys |= {"iforest_report_mean_auroc", "ecod_mean_auroc", "worst_gap", "worst_gap_set", "sets", "minutes"}
+    assert keys | {"gap_WBC"} <= values.keys()
+    assert values["sets"] == "1" and values["worst_gap_set"] == "WBC"
+    assert 50 < float(values["iforest_mean_auroc"]) <= 100 and 50 < float(values["ecod_mean_auroc"]) <= 100
+    assert (tmp_path / "auroc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| WBC | REPORT | 700 |" in (tmp_path / "results.md").read_text()
+
+
+def test_bench_detector_times_ours_and_isolation_forest(tmp_path):
+    values = summary(
+        "bench_detector.py",
+        *("--rows", "300", "--columns", "5"),
+        *("--param", "members=1", "--param", "steps=5", "--param", "num_samples=4"),
+    )
+    keys = {"detector_seconds", "fit_seconds", "score_seconds", "iforest_seconds", "ratio_to_iforest"}
+    assert keys | {"rows", "columns"} <= values.keys()
+    assert values["rows"] == "300" and values["columns"] == "5"
+    assert float(values["detector_seconds"]) >= float(values["fit_seconds"]) > 0
