@@ -226,7 +226,14 @@ class MixedColumns(dist.TorchDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         binary_part = BernoulliLogits(self.loc, validate_args=False).log_prob(value)
-        continuous_part = self._continuous().log_prob(value)
+        standardized = (value - self.loc) / self.scale
+        if self.df is None:
+            continuous_part = -0.5 * standardized.pow(2) - HALF_LOG_2PI
+        else:  # Student-t, its normalizer computed once from the scalar df (torch's takes lgamma per element)
+            df = self.df
+            normalizer = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+            continuous_part = normalizer - 0.5 * (df + 1) * torch.log1p(standardized.pow(2) / df)
+        continuous_part = continuous_part - self.scale.log()
         return torch.where(self.binary, binary_part, continuous_part).sum(-1)
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:

@@ -304,29 +304,36 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         model = VAE.build(shape, latent, hidden, "mlp", "mixed", binary=binary, df=self.df)
         return model, AmortizedNormal.build(shape, latent, hidden, "mlp")
 
-    def _score(self, table: np.ndarray) -> ImportanceScores:
-        """The members' mean log p(x) of the rows of ``table`` with the largest of their k̂ (the
-        least reliable estimate in the mean), plus the preprocessing's log-density. Every row gets
-        the same noise draws (``common_noise``), so a row's score does not depend on the other
-        rows in the call or their order."""
+    def _score(self, table: np.ndarray, diagnostics: bool = False) -> ImportanceScores:
+        """The members' mean log p(x) of the rows of ``table``, plus the preprocessing's
+        log-density; with ``diagnostics``, also the largest of the members' k̂ (the least reliable
+        estimate in the mean; NaN without). Every row gets the same noise draws
+        (``common_noise``), so a row's score does not depend on the other rows in the call or
+        their order."""
         view, log_density = self.preprocessor_.transform(torch.from_numpy(table))
         view = view.to(next(self.models_.parameters()).device)
-        scores = [
-            importance_scores(model, guide, view, num_samples=self.num_samples, common_noise=int(self.seed_))
-            for model, guide in zip(self.models_, self.guides_, strict=True)
-        ]
-        log_px = np.mean([score.log_likelihood for score in scores], axis=0) + log_density.numpy()
-        return ImportanceScores(log_px, np.max([score.pareto_k for score in scores], axis=0), self.num_samples)
+        options = {"num_samples": self.num_samples, "common_noise": self.seed_}
+        log_px, pareto_k = [], []
+        for model, guide in zip(self.models_, self.guides_, strict=True):
+            if diagnostics:
+                scores = importance_scores(model, guide, view, **options)
+                log_px.append(scores.log_likelihood)
+                pareto_k.append(scores.pareto_k)
+            else:
+                log_px.append(log_likelihood(model, guide, view, **options).cpu().double().numpy())
+        worst_k = np.max(pareto_k, axis=0) if diagnostics else np.full(len(table), np.nan)
+        return ImportanceScores(np.mean(log_px, axis=0) + log_density.numpy(), worst_k, self.num_samples)
 
     def score_with_diagnostics(self, X) -> ImportanceScores:
         """Importance-sampled log p(x) of every row with the Pareto-k̂ of its weights."""
         check_is_fitted(self)
-        return self._score(self._table(X, reset=False))
+        return self._score(self._table(X, reset=False), diagnostics=True)
 
     def score_samples(self, X) -> np.ndarray:
         """Importance-sampled log p(x) of every row (a density of the original columns, see
         :mod:`pyro_vae.table_preprocessing`): higher is more normal."""
-        return self.score_with_diagnostics(X).log_likelihood
+        check_is_fitted(self)
+        return self._score(self._table(X, reset=False)).log_likelihood
 
     def tail_probability(self, scores: np.ndarray) -> np.ndarray:
         """The empirical probability that a training row scores at most ``scores`` (outputs of
