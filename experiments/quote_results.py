@@ -89,10 +89,12 @@ EXPERIMENTS: dict[str, Experiment] = {
     "image_ood": Experiment(
         "image_ood.py", copies={"results.md": "docs/image_ood_results.md", "scores.png": "docs/image_ood_scores.png"}
     ),
-    # docs/adbench_results.md adds prose to the script's table, so only the figure is copied.
     "adbench": Experiment(
-        "adbench.py", ("--data-dir", "../shared/data/adbench"), {"auroc.png": "docs/adbench_auroc.png"}
+        "adbench.py",
+        ("--data-dir", "../shared/data/adbench"),
+        {"auroc.png": "docs/adbench_auroc.png", "results.md": "docs/adbench_results.md"},
     ),
+    "bench_detector": Experiment("bench_detector.py"),
     "bench_train": Experiment("bench_train.py"),
     "bench_score": Experiment("bench_score.py"),
     "mnist_nll": Experiment("mnist_nll.py", ("--minutes", "60", "--threads", "1")),

@@ -74,6 +74,7 @@ PARAMETERS = (
     "steps",
     "trim",
     "tail",
+    "duplicates",
     "latent_dim",
     "hidden",
     "epochs",
@@ -134,6 +135,8 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         leaves out of the second half of its training (``0``: none); see :meth:`fit`.
     :param float tail: standardized values beyond ±``tail`` are compressed logarithmically
         (:mod:`pyro_vae.table_preprocessing`).
+    :param str duplicates: ``"drop"`` fits the VAEs to the distinct training rows (a row repeated
+        k times counts once), ``"keep"`` to every row.
     :param latent_dim: dimension of z (default: half the columns, between 2 and 32).
     :param hidden: hidden layer widths (default: twice the columns, between 64 and 512, then half).
     :param epochs: passes over the data, overriding ``steps``.
@@ -158,6 +161,7 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         "members": [_POSITIVE],
         "steps": [_POSITIVE],
         "trim": [Interval(Real, 0, 1, closed="left")],
+        "duplicates": [StrOptions({"keep", "drop"})],
         "tail": [Interval(Real, 1, None, closed="left")],
         "latent_dim": [_POSITIVE, None],
         "hidden": ["array-like", None],
@@ -179,6 +183,7 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         steps: int = 500,
         trim: float = TRIM_DEFAULT,
         tail: float = TAIL,
+        duplicates: str = "keep",
         latent_dim: int | None = None,
         hidden: tuple[int, ...] | None = None,
         epochs: int | None = None,
@@ -195,6 +200,7 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         self.steps = steps
         self.trim = trim
         self.tail = tail
+        self.duplicates = duplicates
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.epochs = epochs
@@ -243,6 +249,8 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"X has 1 sample; a detector needs at least 2 training rows (got shape {table.shape})")
         self.preprocessor_ = TablePreprocessor(self.tail).fit(torch.from_numpy(table))
         view, _ = self.preprocessor_.transform(torch.from_numpy(table))
+        if self.duplicates == "drop":
+            view = view[np.sort(np.unique(table, axis=0, return_index=True)[1])]
         latent, hidden, epochs = self._sizes(*view.shape)
         random_state = self.random_state
         self.seed_ = (

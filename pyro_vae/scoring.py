@@ -77,10 +77,6 @@ def particle_logsumexp(log_w: torch.Tensor) -> torch.Tensor:
     return log_w.t().contiguous().logsumexp(1)
 
 
-def _score_dtype(x: torch.Tensor) -> torch.dtype:
-    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
-
-
 def traces(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None):
     """The model's and the guide's trace on ``x`` (the model replaying the guide's draws, with
     ``size=len(x)``), without the plates' subsample sites."""
@@ -143,7 +139,7 @@ class _Scorer:
         self, model_trace, guide_trace, x: torch.Tensor, particles: int, check_shapes: bool = False
     ) -> torch.Tensor:
         shape = (particles, x.shape[0])
-        log_w = torch.zeros(shape, dtype=_score_dtype(x), device=x.device)
+        log_w = torch.zeros(shape, dtype=x.dtype, device=x.device)
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             trace.compute_log_prob()
             for site in trace.nodes.values():
@@ -271,7 +267,7 @@ def elbo(
     :param common_noise: a seed for draws common to all data, making each datum's score
         independent of the others in the call (see :func:`iter_log_weights`).
     """
-    total = torch.zeros(x.shape[0], dtype=_score_dtype(x), device=x.device)
+    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for rows, log_w in iter_log_weights(
         model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
     ):
@@ -299,7 +295,7 @@ def log_likelihood(
 
     Same arguments as :func:`elbo`; ``num_samples`` is K.
     """
-    running = torch.full((x.shape[0],), -math.inf, dtype=_score_dtype(x), device=x.device)
+    running = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     for rows, log_w in iter_log_weights(
         model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
     ):

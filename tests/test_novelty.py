@@ -194,3 +194,22 @@ def test_trimming_keeps_a_cluster_of_training_outliers_from_getting_density():
     assert aurocs[0.15] > 0.99
     # 1.000 against 0.993 with the robust, tail-compressing preprocessing (0.97 before it).
     assert aurocs[0.15] > aurocs[0.0]
+
+
+def test_dropping_duplicates_fits_the_distinct_rows():
+    """duplicates="drop" trains on each distinct row once: a table of rows repeated five times
+    gives the networks the table of its distinct rows gives."""
+    import torch
+
+    distinct = messy_table(120, seed=13)
+    repeated = np.repeat(distinct, 5, axis=0)
+    options = {"members": 1, "steps": 20, "num_samples": 4, "random_state": 0, "trim": 0.0}
+    dropped = NoveltyDetector(duplicates="drop", **options).fit(repeated)
+    reference = NoveltyDetector(**options).fit(distinct)
+    kept = NoveltyDetector(**options).fit(repeated)
+    pairs = list(zip(dropped.models_.parameters(), reference.models_.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not all(
+        torch.equal(a, b) for a, b in zip(kept.models_.parameters(), reference.models_.parameters(), strict=True)
+    )
+    assert dropped.train_scores_.shape == (600,)  # every training row is scored, in row order
