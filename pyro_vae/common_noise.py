@@ -40,7 +40,7 @@ def _value(fn: torch.distributions.Distribution, noise: torch.Tensor) -> torch.T
             value = transform(value)
         return value
     if isinstance(fn, dist.Delta):
-        return fn.v.expand(noise.shape)
+        return fn.v
     if isinstance(fn, torch.distributions.MultivariateNormal):
         return fn.loc + (fn.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
     if isinstance(fn, torch.distributions.Normal):

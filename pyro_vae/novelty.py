@@ -68,7 +68,6 @@ from pyro_vae.training import History, fit
 from pyro_vae.validation import check_data
 
 DETECTOR_KIND = "novelty-detector"
-TRIM_DEFAULT = 0.1
 PARAMETERS = (
     "members",
     "steps",
@@ -102,27 +101,53 @@ def _validation(rows: int) -> float:
 
 
 def numeric_frame(X):
-    """A pandas DataFrame with every column numeric (categorical columns of numbers become their
-    values); columns that hold text or other objects are named in a TypeError. Anything else is
-    returned as it is."""
+    """A pandas DataFrame with every column numeric (categorical columns of numbers become floats,
+    object columns of numbers their numbers); columns that hold text or other objects, and
+    repeated column names, are named in the error. Anything else is returned as it is."""
     if not type(X).__module__.startswith("pandas") or not hasattr(X, "columns"):
         return X
+    import pandas as pd
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-    columns = {}
-    for name in X.columns:
-        dtype = X[name].dtype
-        if getattr(dtype, "categories", None) is not None and is_numeric_dtype(dtype.categories.dtype):
-            columns[name] = X[name].astype(dtype.categories.dtype)
-        elif not (is_numeric_dtype(dtype) or is_bool_dtype(dtype)):
-            columns[name] = None
-    refused = [name for name, column in columns.items() if column is None]
+    repeated = X.columns[X.columns.duplicated()].unique().tolist()
+    if repeated:
+        raise ValueError(f"X has repeated column names {repeated[:5]}; give every column its own name")
+    frame, refused = X.copy(), []
+    for position, name in enumerate(X.columns):
+        column = X.iloc[:, position]
+        categories = getattr(column.dtype, "categories", None)
+        if categories is not None and is_numeric_dtype(categories.dtype):
+            frame[name] = column.astype(np.float64)
+        elif column.dtype == object:
+            converted = pd.to_numeric(column, errors="coerce")
+            if converted.isna().sum() > column.isna().sum():
+                refused.append(name)
+            frame[name] = converted
+        elif not (is_numeric_dtype(column.dtype) or is_bool_dtype(column.dtype)):
+            refused.append(name)
     if refused:
         raise TypeError(
             f"columns {refused[:5]} of X are not numeric ({', '.join(str(X[n].dtype) for n in refused[:5])}); "
             "encode them first, e.g. with sklearn.preprocessing.OneHotEncoder in a Pipeline"
         )
-    return X.assign(**columns) if columns else X
+    return frame
+
+
+def _widths(hidden) -> tuple[int, ...]:
+    """``hidden`` as a tuple of positive integer layer widths."""
+    widths = tuple(hidden)
+    if not widths or any(int(width) != width or width < 1 for width in widths):
+        raise ValueError(f"hidden must be positive integer layer widths, e.g. (64, 32); got {hidden!r}")
+    return tuple(int(width) for width in widths)
+
+
+def _plain(value):
+    """A parameter as JSON can store it: NumPy scalars and arrays become Python numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple, list)):
+        return [_plain(item) for item in value]
+    return value
 
 
 class NoveltyDetector(OutlierMixin, BaseEstimator):
@@ -181,7 +206,7 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         *,
         members: int = 4,
         steps: int = 250,
-        trim: float = TRIM_DEFAULT,
+        trim: float = 0.1,
         tail: float = TAIL,
         duplicates: str = "keep",
         latent_dim: int | None = None,
@@ -219,9 +244,9 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         return tags
 
     def _sizes(self, rows: int, columns: int) -> tuple[int, tuple[int, ...], int]:
-        latent = self.latent_dim or min(32, max(2, columns // 2))
+        latent = int(self.latent_dim or min(32, max(2, columns // 2)))
         width = min(512, max(64, 2 * columns))
-        hidden = tuple(int(h) for h in self.hidden) if self.hidden is not None else (width, max(32, width // 2))
+        hidden = _widths(self.hidden) if self.hidden is not None else (width, max(32, width // 2))
         steps_per_epoch = math.ceil(rows * (1 - _validation(rows)) / self.batch_size)
         epochs = self.epochs or math.ceil(self.steps / steps_per_epoch)
         return latent, hidden, epochs
@@ -271,9 +296,9 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         validation = _validation(len(x)) or None
         self.models_, self.guides_, self.history_ = nn.ModuleList(), nn.ModuleList(), []
         for member in range(self.members):
-            pyro.set_rng_seed(seed + member)
+            pyro.set_rng_seed((seed + member) % 2**32)
             model, guide = self._build_member()
-            self.history_.append(self._train_member(model, guide, x, epochs, validation, seed + member))
+            self.history_.append(self._train_member(model, guide, x, epochs, validation, (seed + member) % 2**32))
             self.models_.append(model)
             self.guides_.append(guide)
 
@@ -362,10 +387,10 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         """Write the fitted detector (parameters, preprocessing, training scores) to one
         checkpoint file, atomically."""
         check_is_fitted(self)
-        parameters = {name: getattr(self, name) for name in PARAMETERS} | {"random_state": int(self.seed_)}
+        parameters = {name: _plain(getattr(self, name)) for name in PARAMETERS} | {"random_state": int(self.seed_)}
         config = {
             "kind": DETECTOR_KIND,
-            "parameters": parameters | {"hidden": None if self.hidden is None else list(self.hidden)},
+            "parameters": parameters,
             "n_features_in": self.n_features_in_,
             "feature_names_in": [str(name) for name in getattr(self, "feature_names_in_", [])] or None,
             "latent_dim": self.latent_dim_,

@@ -32,6 +32,15 @@ class PyODNoveltyDetector(NoveltyDetector, BaseDetector):
         self._process_decision_scores()
         return self
 
+    @classmethod
+    def load(cls, path, device: str = "cpu") -> PyODNoveltyDetector:
+        """Read a detector file (:meth:`NoveltyDetector.save`) with PyOD's fitted attributes."""
+        detector = super().load(path, device)
+        detector._set_n_classes(None)
+        detector.decision_scores_ = -detector.train_scores_
+        detector._process_decision_scores()
+        return detector
+
     def decision_function(self, X) -> np.ndarray:
         """The outlier score ``-log p(x)`` of every row: higher is more abnormal."""
         return -self.score_samples(X)

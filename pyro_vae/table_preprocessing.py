@@ -29,6 +29,8 @@ import torch
 TAIL = 5.0
 OFF_LEVEL_WEIGHT = 1e-3  # ε: the mixture weight of values a binary or constant column never took
 CONSTANT_SCALE = 1e-6  # the spread a constant column's new values are measured in, relative to it
+LEVEL_TOLERANCE = 1e-7  # a value this close to a level, relative to max(1, |level|), is on it (float32 rounds at 6e-8)
+LARGEST = torch.finfo(torch.float64).max
 
 
 def _robust_scale(column: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
@@ -96,7 +98,8 @@ class TablePreprocessor:
         center = kept.median(0).values
         scale = torch.stack([_robust_scale(kept[:, j], center[j]) for j in range(kept.shape[1])])
         self.center = torch.where(self.binary, low, center)
-        self.scale = torch.where(self.binary, high - low, scale)
+        # Clamped: the spread of finite values near ±1.8e308 overflows to inf.
+        self.scale = torch.where(self.binary, high - low, scale).clamp(max=LARGEST)
         return self
 
     def _check(self, x: torch.Tensor) -> None:
@@ -123,16 +126,19 @@ class TablePreprocessor:
     def off_level_log_density(self, x: torch.Tensor) -> torch.Tensor:
         """Per row, Σ over binary and constant columns whose value is off their training levels of
         log ε - log(1 + d / s): d the distance to the nearest level, s the column's spread
-        (the two levels' distance; ``CONSTANT_SCALE`` x max(1, |level|) for a constant)."""
+        (the two levels' distance; ``CONSTANT_SCALE`` x max(1, |level|) for a constant). A value
+        within ``LEVEL_TOLERANCE`` x max(1, |level|) of a level is on it, so float32 copies and
+        rounding noise of the training values are not new values."""
         watched = torch.ones_like(self.keep)
         watched[self.keep] = self.binary
         x, low, high = x[:, watched], self.low[watched], self.high[watched]
-        spread = torch.where(high > low, high - low, CONSTANT_SCALE * low.abs().clamp(min=1.0))
+        spread = torch.where(high > low, high - low, CONSTANT_SCALE * low.abs().clamp(min=1.0)).clamp(max=LARGEST)
         below, above = _difference_log_abs(x, low), _difference_log_abs(x, high)
         log_distance = torch.where((x - low).abs() <= (x - high).abs(), below, above)
         log_ratio = log_distance - spread.log()
         penalty = math.log(OFF_LEVEL_WEIGHT) - torch.nn.functional.softplus(log_ratio)  # log(1 + d/s)
-        on_level = (x == low) | (x == high)
+        tolerance = LEVEL_TOLERANCE * torch.maximum(low.abs(), high.abs()).clamp(min=1.0)
+        on_level = ((x - low).abs() <= tolerance) | ((x - high).abs() <= tolerance)
         return torch.where(on_level, torch.zeros_like(penalty), penalty).sum(1)
 
     def state_dict(self) -> dict:

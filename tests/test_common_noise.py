@@ -106,3 +106,18 @@ def test_flow_guides_are_drawn_through_their_transforms():
     assert (reference - exact).abs().max() < 0.15  # Monte Carlo error of this guide at K = 2000
     assert (full - exact).abs().max() < 0.15  # the same quantity, up to the same error
     assert not torch.equal(full, reference)
+
+
+def test_point_mass_guides_need_no_noise():
+    def model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            pyro.sample("z", dist.Delta(x / 2))
+
+    x = torch.linspace(-1, 1, 7)
+    common = log_likelihood(model, guide, x, num_samples=3, common_noise=1)
+    assert torch.equal(common, log_likelihood(model, guide, x, num_samples=3))  # a Delta draws no noise

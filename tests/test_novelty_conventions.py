@@ -149,3 +149,59 @@ def test_pyod_conventions():
     assert detector.predict_confidence(test).shape == (110,)
     assert np.array_equal(detector.fit_predict(train), detector.labels_)
     evaluate_print("pyro_vae", labels, scores)  # PyOD's own evaluation helper takes it
+
+
+def test_float32_copies_of_the_training_levels_are_on_them():
+    """A binary column {0.1, 0.7} and a constant 0.3, scored as float32 or as 0.1 + 0.2: no new value."""
+    train = np.hstack([table(60, seed=14, columns=2), np.tile([[0.1], [0.7]], (30, 1)), np.full((60, 1), 0.3)])
+    detector = NoveltyDetector(**QUICK).fit(train)
+    rounded = train.copy()
+    rounded[:, 3] = 0.1 + 0.2
+    assert np.allclose(detector.score_samples(train.astype(np.float32)), detector.score_samples(train), atol=1e-3)
+    assert np.array_equal(detector.score_samples(rounded), detector.score_samples(train))
+
+
+def test_parameters_a_grid_search_produces_train_and_save(tmp_path):
+    """NumPy scalars and arrays (np.arange grids), the largest seed with several members."""
+    detector = NoveltyDetector(
+        members=np.int64(2), steps=np.int64(5), num_samples=np.int64(4), latent_dim=np.int64(2),
+        hidden=np.array([16, 8]), lr=np.float32(1e-3), random_state=2**32 - 1,
+    ).fit(table(50, seed=15))  # fmt: skip
+    loaded = NoveltyDetector.load(detector.save(tmp_path / "detector.pt"))
+    assert np.array_equal(loaded.score_samples(table(5, seed=16)), detector.score_samples(table(5, seed=16)))
+    for hidden in ([0], [2.7], [-3]):
+        with pytest.raises(ValueError, match="positive integer layer widths"):
+            NoveltyDetector(**QUICK, hidden=hidden).fit(table(50, seed=15))
+
+
+def test_columns_spanning_the_whole_float64_range_score_finite():
+    train = table(40, seed=17)
+    train[:20, 0], train[20:, 0] = -1.7e308, 1.7e308  # binary, levels 3.4e308 apart
+    train[:, 1] = np.resize([-1.7e308, 0.0, 1.7e308], 40)  # three values, an interquartile range beyond float64
+    scores = NoveltyDetector(**QUICK).fit(train).score_samples(train)
+    assert np.isfinite(scores).all()
+
+
+def test_data_frames_with_integer_names_and_object_numbers():
+    frame = pd.DataFrame(table(60, seed=18))  # column names 0..3
+    frame[4] = pd.Categorical(np.arange(60) % 3)
+    frame[5] = pd.Series(np.linspace(0, 1, 60), dtype=object)
+    assert NoveltyDetector(**QUICK).fit(frame).n_features_in_ == 6
+    with pytest.raises(ValueError, match="repeated column names"):
+        NoveltyDetector(**QUICK).fit(frame.set_axis([0, 1, 2, 3, 4, 0], axis=1))
+    frame[4] = pd.Categorical([np.nan, *(np.arange(59) % 3)])
+    with pytest.raises(ValueError, match=r"NaN.*rows \[0\] and columns \[4\]"):
+        NoveltyDetector(**QUICK).fit(frame)
+
+
+def test_a_loaded_pyod_detector_keeps_pyods_attributes(tmp_path):
+    pytest.importorskip("pyod")
+    from pyro_vae.pyod_detector import PyODNoveltyDetector
+
+    detector = PyODNoveltyDetector(**QUICK).fit(table(80, seed=19))
+    loaded = PyODNoveltyDetector.load(detector.save(tmp_path / "detector.pt"))
+    assert np.array_equal(loaded.decision_scores_, detector.decision_scores_)
+    assert loaded.threshold_ == detector.threshold_ and np.array_equal(loaded.labels_, detector.labels_)
+    rows = table(10, seed=20)
+    assert np.array_equal(loaded.predict(rows), detector.predict(rows))
+    assert np.array_equal(loaded.predict_proba(rows), detector.predict_proba(rows))

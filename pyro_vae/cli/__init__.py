@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pyro_vae.cli import latent, novelty, queries, train
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
-from pyro_vae.novelty import TRIM_DEFAULT
+from pyro_vae.novelty import NoveltyDetector
 from pyro_vae.training import AUTO, LOSSES
+
+DETECTOR_DEFAULTS = NoveltyDetector().get_params()
 
 DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, npz:PATH, csv:PATH or images:DIR"
 
@@ -273,16 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
     detector.add_argument("--out", required=True, help="folder for detector.pt")
     detector.add_argument("--split", default="all", choices=["train", "test", "all"], help="rows to fit on")
     detector.add_argument("--contamination", type=float, default=0.1, help="expected fraction of outliers")
-    detector.add_argument("--members", type=int, default=5, help="VAEs (seeds) whose log p(x) is averaged")
-    detector.add_argument("--steps", type=int, default=500, help="minibatch steps each member trains for")
+    detector.add_argument(
+        "--members", type=int, default=DETECTOR_DEFAULTS["members"], help="VAEs (seeds) whose log p(x) is averaged"
+    )
+    detector.add_argument(
+        "--steps", type=int, default=DETECTOR_DEFAULTS["steps"], help="minibatch steps each member trains for"
+    )
     detector.add_argument(
         "--trim",
         type=float,
-        default=TRIM_DEFAULT,
+        default=DETECTOR_DEFAULTS["trim"],
         help="fraction of rows with the lowest log p(x) left out of each member's second half of training",
     )
     detector.add_argument("--epochs", type=int, help="passes over the data, instead of --steps")
-    detector.add_argument("--num-samples", type=int, default=100, help="importance samples K per row")
+    detector.add_argument(
+        "--num-samples", type=int, default=DETECTOR_DEFAULTS["num_samples"], help="importance samples K per row"
+    )
     detector.add_argument("--seed", type=int, default=0, help="seeds the networks, training and scoring")
     detector.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     detector.add_argument("--overwrite", action="store_true", help="replace a detector already in --out")
