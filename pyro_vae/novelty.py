@@ -87,6 +87,7 @@ PARAMETERS = (
     "progress",
 )
 _POSITIVE = Interval(Integral, 1, None, closed="left")
+DIAGNOSTIC_SAMPLES = 100  # importance weights per row that the Pareto-k̂ is fitted to, at least
 
 
 def empirical_tail_probability(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -339,26 +340,29 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
 
     def _score(self, table: np.ndarray, diagnostics: bool = False) -> ImportanceScores:
         """The members' mean log p(x) of the rows of ``table``, plus the preprocessing's
-        log-density; with ``diagnostics``, also the largest of the members' k̂ (the least reliable
-        estimate in the mean; NaN without). Every row gets the same noise draws
-        (``common_noise``), so a row's score does not depend on the other rows in the call or
-        their order."""
+        log-density. Every row gets the same noise draws (``common_noise``), so a row's score does
+        not depend on the other rows in the call or their order. With ``diagnostics``, also the
+        largest of the members' Pareto-k̂ (the least reliable estimate in the mean), fitted to
+        max(K, ``DIAGNOSTIC_SAMPLES``) weights per row (PSIS needs at least 21); else NaN."""
         view, log_density = self.preprocessor_.transform(torch.from_numpy(table))
         view = view.to(next(self.models_.parameters()).device)
-        options = {"num_samples": self.num_samples, "common_noise": self.seed_}
         log_px, pareto_k = [], []
+        diagnostic_samples = max(self.num_samples, DIAGNOSTIC_SAMPLES)
         for model, guide in zip(self.models_, self.guides_, strict=True):
+            log_px.append(
+                log_likelihood(model, guide, view, num_samples=self.num_samples, common_noise=self.seed_)
+                .cpu().double().numpy()
+            )  # fmt: skip
             if diagnostics:
-                scores = importance_scores(model, guide, view, **options)
-                log_px.append(scores.log_likelihood)
-                pareto_k.append(scores.pareto_k)
-            else:
-                log_px.append(log_likelihood(model, guide, view, **options).cpu().double().numpy())
+                weights = importance_scores(model, guide, view, num_samples=diagnostic_samples, common_noise=self.seed_)
+                pareto_k.append(weights.pareto_k)
         worst_k = np.max(pareto_k, axis=0) if diagnostics else np.full(len(table), np.nan)
-        return ImportanceScores(np.mean(log_px, axis=0) + log_density.numpy(), worst_k, self.num_samples)
+        log_px = np.mean(log_px, axis=0) + log_density.numpy()
+        return ImportanceScores(log_px, worst_k, diagnostic_samples if diagnostics else self.num_samples)
 
     def score_with_diagnostics(self, X) -> ImportanceScores:
-        """Importance-sampled log p(x) of every row with the Pareto-k̂ of its weights."""
+        """:meth:`score_samples` of every row with the Pareto-k̂ of the importance weights behind
+        it (fitted to max(K, 100) weights; ``num_samples`` of the result is that number)."""
         check_is_fitted(self)
         return self._score(self._table(X, reset=False), diagnostics=True)
 

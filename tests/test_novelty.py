@@ -139,10 +139,14 @@ def test_tail_probability_is_the_training_rank(fitted):
 
 
 def test_every_score_carries_its_pareto_k(fitted):
-    scores = fitted.score_with_diagnostics(messy_table(40, seed=10))
+    """k̂ is fitted to max(K, 100) weights (PSIS needs 21; the default K is 16); the scores are
+    score_samples' own."""
+    rows = messy_table(40, seed=10)
+    scores = fitted.score_with_diagnostics(rows)
     assert scores.pareto_k.shape == (40,) and np.isfinite(scores.pareto_k).all()
-    assert scores.num_samples == fitted.num_samples
-    assert np.array_equal(scores.unreliable, scores.pareto_k > 1 - 1 / np.log10(50))  # 0.41 at K = 50
+    assert scores.num_samples == 100 and fitted.num_samples == 50
+    assert np.array_equal(scores.unreliable, scores.pareto_k > 1 - 1 / np.log10(100))  # 0.5 at K = 100
+    assert np.array_equal(scores.log_likelihood, fitted.score_samples(rows))
 
 
 def test_members_are_seeded_apart_and_their_log_likelihoods_averaged():

@@ -121,7 +121,7 @@ def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: tor
     ]
     rows = _ranked(rows)
     reference = np.sort(detector.train_scores_)
-    _annotate(rows, reference, detector.offset_, detector.num_samples)
+    _annotate(rows, reference, detector.offset_, scores.num_samples)  # k̂'s K
     return Scored(rows, reference, detector.offset_, "log p(x)", detector.num_samples)
 
 
