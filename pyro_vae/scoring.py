@@ -267,6 +267,7 @@ def elbo(
     :param common_noise: a seed for draws common to all data, making each datum's score
         independent of the others in the call (see :func:`iter_log_weights`).
     """
+    check_data(x)  # before the sums take x's dtype
     total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for rows, log_w in iter_log_weights(
         model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
@@ -295,6 +296,7 @@ def log_likelihood(
 
     Same arguments as :func:`elbo`; ``num_samples`` is K.
     """
+    check_data(x)  # before the running sum takes x's dtype
     running = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     for rows, log_w in iter_log_weights(
         model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
