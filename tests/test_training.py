@@ -440,11 +440,8 @@ def test_rollback_recovers_from_a_numerical_fault(digits):
     assert history.val_elbo[-1] > history.val_elbo[0]  # it went on learning
 
 
-def test_each_rollback_halves_the_learning_rate_again(digits):
-    """Three faults in the same epoch (the rollback repeats it): 5e-4, 2.5e-4, 1.25e-4, each
-    from the rate in force, not from the one saved with the last completed epoch."""
-    model, guide = stock_pair()
-    faults = [0]
+def faulting(model, faults: list[int]):
+    """``model`` whose next ``faults[0]`` gradient-enabled calls give an infinite loss."""
 
     def faulty_model(x, y=None, size=None):
         if faults[0] > 0 and torch.is_grad_enabled():
@@ -452,6 +449,16 @@ def test_each_rollback_halves_the_learning_rate_again(digits):
             with poutine.scale(scale=float("inf")):
                 return model(x, y=y, size=size)
         return model(x, y=y, size=size)
+
+    return faulty_model
+
+
+def test_each_rollback_halves_the_learning_rate_again(digits):
+    """Three faults in the same epoch (the rollback repeats it): 5e-4, 2.5e-4, 1.25e-4, each
+    from the rate in force, not from the one saved with the last completed epoch."""
+    model, guide = stock_pair()
+    faults = [0]
+    faulty_model = faulting(model, faults)
 
     def fault_thrice_after_epoch_one(state):
         if state.epoch == 1:
@@ -544,13 +551,7 @@ def test_rollback_messages_name_what_was_restored_and_a_remedy_other_than_rollin
     rollbacks are spent, the error names remedies, not on_nonfinite='rollback', which is in force."""
     model, guide = stock_pair()
     faults = [0]
-
-    def faulty_model(x, y=None, size=None):
-        if faults[0] > 0 and torch.is_grad_enabled():
-            faults[0] -= 1
-            with poutine.scale(scale=float("inf")):
-                return model(x, y=y, size=size)
-        return model(x, y=y, size=size)
+    faulty_model = faulting(model, faults)
 
     def fault_after_epoch_one(state):
         if state.epoch == 1:
