@@ -99,12 +99,25 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, 
 
 
 def score_histogram(
-    scores: np.ndarray, path: str | Path, title: str, marked: np.ndarray | None = None, label: str = "log p(x)"
+    scores: np.ndarray,
+    path: str | Path,
+    title: str,
+    marked: np.ndarray | None = None,
+    label: str = "log p(x)",
+    groups: np.ndarray | None = None,
 ) -> Path:
-    """Histogram of per-datum scores; ``marked`` scores (e.g. the most novel) as red ticks."""
+    """Histogram of per-datum scores; ``marked`` scores (e.g. the most novel) as red ticks. With
+    0/1 ``groups`` (1 = novel), the two groups are drawn apart on shared bins."""
     figure = Figure(figsize=(6, 3.5))
     axes = figure.subplots()
-    axes.hist(scores, bins=min(60, max(10, len(scores) // 10)), color="tab:blue", alpha=0.8)
+    bins = np.histogram_bin_edges(scores, bins=min(60, max(10, len(scores) // 10)))
+    if groups is None:
+        axes.hist(scores, bins=bins, color="tab:blue", alpha=0.8)
+    else:
+        for value, colour, name in ((0, "tab:blue", "normal (label 0)"), (1, "tab:orange", "novel (label 1)")):
+            members = scores[groups == value]
+            axes.hist(members, bins=bins, color=colour, alpha=0.6, label=f"{name}: {len(members)}")
+        axes.legend()
     if marked is not None:
         for index, value in enumerate(marked):
             legend = f"the {len(marked)} most novel" if index == 0 else None

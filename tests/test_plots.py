@@ -90,3 +90,20 @@ def test_score_histogram_keeps_its_axis_label(tmp_path, monkeypatch):
     scores = np.random.default_rng(0).normal(size=100)
     plots.score_histogram(scores, tmp_path / "h.png", "scores", marked=np.sort(scores)[:3], label="score")
     assert figures[0].axes[0].get_xlabel().startswith("score per datum (nats)")
+
+
+def test_a_score_histogram_with_0_1_labels_draws_the_two_groups(tmp_path, monkeypatch):
+    drawn = {}
+
+    def keep(figure, path):
+        drawn["figure"] = figure
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    scores = np.r_[np.random.default_rng(0).normal(size=90), np.random.default_rng(1).normal(-5, 1, size=10)]
+    groups = np.r_[np.zeros(90, dtype=int), np.ones(10, dtype=int)]
+    plots.score_histogram(scores, tmp_path / "h.png", "scores", groups=groups)
+    legend = [text.get_text() for text in drawn["figure"].axes[0].get_legend().get_texts()]
+    assert legend == ["normal (label 0): 90", "novel (label 1): 10"]
+    plots.score_histogram(scores, tmp_path / "h.png", "scores")
+    assert drawn["figure"].axes[0].get_legend() is None  # one group without labels

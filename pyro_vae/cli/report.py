@@ -65,6 +65,8 @@ def novelty_report(
     ``key``, described by ``score``) with the ten most novel marked, and for images a grid of
     those ten with their scores."""
     scores = np.array([row[key] for row in rows])
+    labels = [row.get("label", "") for row in rows]
+    groups = np.array(labels, dtype=np.int64) if labels and set(labels) <= {0, 1} else None
     written = [write_csv(rows, out / f"{stem}.csv")]
     written.append(
         plots.score_histogram(
@@ -73,6 +75,7 @@ def novelty_report(
             f"{name}: importance-sampled {score}",
             marked=scores[:TOP],
             label=score,
+            groups=groups,
         )
     )
     if x.dim() == 4:
