@@ -70,11 +70,16 @@ def _padded(rows: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([rows, rows[-1:].expand(missing, *rows.shape[1:])]) if missing > 0 else rows
 
 
+def _by_datum(log_w: torch.Tensor) -> torch.Tensor:
+    """``log_w`` (``[particles, N]``) as ``[N, particles]`` in contiguous memory, so that a
+    reduction over the particles runs the same code path for every datum, wherever it sits among
+    the N (a reduction across the rows handles the last few columns apart, with other roundings)."""
+    return log_w.t().contiguous()
+
+
 def particle_logsumexp(log_w: torch.Tensor) -> torch.Tensor:
-    """logsumexp over the particles of ``log_w`` (``[particles, N]``), each datum's reduction run
-    along contiguous memory: the same code path for every datum, wherever it sits among the N
-    (a reduction across the rows handles the last few columns apart, with other roundings)."""
-    return log_w.t().contiguous().logsumexp(1)
+    """logsumexp over the particles of ``log_w`` (``[particles, N]``), per datum along memory."""
+    return _by_datum(log_w).logsumexp(1)
 
 
 def traces(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None):
@@ -170,7 +175,8 @@ def iter_log_weights(
     common_noise: int | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(rows, log_w)`` chunks of the log importance weights, ``log_w`` shaped
-    ``[particles, len(rows)]``; the particle chunks of one row block come one after another.
+    ``[particles, len(rows)]``; the particle chunks of one row block come one after another. The
+    data and the pair are checked when this is called, before the first chunk is asked for.
 
     :param int max_batch: the most (particle, datum) pairs evaluated at once; bounds memory.
     :param progress: show a progress bar (``None``: only on a terminal).
@@ -192,7 +198,19 @@ def iter_log_weights(
     inspection.require_whole_batch(first_x.shape[0])
     inspection.require_guide_covers_model()
     inspection.check_support(x)
-    scorer = _Scorer(inspection)
+    return _chunks(_Scorer(inspection), x, y, num_samples, max_batch, progress, common_noise)
+
+
+def _chunks(
+    scorer: _Scorer,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    num_samples: int,
+    max_batch: int,
+    progress: bool | None,
+    common_noise: int | None,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The chunks of :func:`iter_log_weights`, for a pair already checked and inspected."""
     particles_per_chunk = min(num_samples, max_batch)
     rows_per_chunk = max(1, max_batch // particles_per_chunk)
     bar = progress_bar(total=x.shape[0], desc=f"scoring (K={num_samples})", unit="datum", show=progress)
@@ -267,12 +285,12 @@ def elbo(
     :param common_noise: a seed for draws common to all data, making each datum's score
         independent of the others in the call (see :func:`iter_log_weights`).
     """
-    check_data(x)  # before the sums take x's dtype
-    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for rows, log_w in iter_log_weights(
+    chunks = iter_log_weights(
         model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
-    ):
-        total[rows] += log_w.t().contiguous().sum(1)  # per datum along memory, as particle_logsumexp
+    )  # checks x before the sums take its dtype
+    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for rows, log_w in chunks:
+        total[rows] += _by_datum(log_w).sum(1)
     return total / num_samples
 
 
@@ -296,10 +314,10 @@ def log_likelihood(
 
     Same arguments as :func:`elbo`; ``num_samples`` is K.
     """
-    check_data(x)  # before the running sum takes x's dtype
-    running = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
-    for rows, log_w in iter_log_weights(
+    chunks = iter_log_weights(
         model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
-    ):
+    )  # checks x before the running sum takes its dtype
+    running = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
+    for rows, log_w in chunks:
         running[rows] = torch.logaddexp(running[rows], particle_logsumexp(log_w))
     return running - math.log(num_samples)
