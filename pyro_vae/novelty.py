@@ -274,10 +274,9 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         if table.shape[0] < 2:
             raise ValueError(f"X has 1 sample; a detector needs at least 2 training rows (got shape {table.shape})")
         self.preprocessor_ = TablePreprocessor(self.tail).fit(torch.from_numpy(table))
-        view, _ = self.preprocessor_.transform(torch.from_numpy(table))
-        if self.duplicates == "drop":
-            view = view[np.sort(np.unique(table, axis=0, return_index=True)[1])]
-        latent, hidden, epochs = self._sizes(*view.shape)
+        view, log_density = self.preprocessor_.transform(torch.from_numpy(table))
+        fitted = view[np.sort(np.unique(table, axis=0, return_index=True)[1])] if self.duplicates == "drop" else view
+        latent, hidden, epochs = self._sizes(*fitted.shape)
         random_state = self.random_state
         self.seed_ = (
             random_state if isinstance(random_state, Integral) else check_random_state(random_state).randint(2**31)
@@ -285,21 +284,22 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         self.latent_dim_, self.hidden_ = latent, hidden
         outside = rng_state()  # each member is seeded; the caller's generators are left as they were
         try:
-            self._fit_members(view, epochs, int(self.seed_))
+            self._fit_members(fitted, epochs, self.seed_)
         finally:
             set_rng_state(outside)
-        self.train_scores_ = self._score(table).log_likelihood
+        self.train_scores_ = self._score_view(view, log_density).log_likelihood
         self.offset_ = float(np.quantile(self.train_scores_, self.contamination))
         return self
 
     def _fit_members(self, x: torch.Tensor, epochs: int, seed: int) -> None:
-        """Build and train the members, member ``m`` seeded with ``seed + m``."""
+        """Build and train the members, member ``m`` seeded with ``(seed + m) mod 2**32``."""
         validation = _validation(len(x)) or None
         self.models_, self.guides_, self.history_ = nn.ModuleList(), nn.ModuleList(), []
         for member in range(self.members):
-            pyro.set_rng_seed((seed + member) % 2**32)
+            member_seed = (seed + member) % 2**32
+            pyro.set_rng_seed(member_seed)
             model, guide = self._build_member()
-            self.history_.append(self._train_member(model, guide, x, epochs, validation, (seed + member) % 2**32))
+            self.history_.append(self._train_member(model, guide, x, epochs, validation, member_seed))
             self.models_.append(model)
             self.guides_.append(guide)
 
@@ -344,7 +344,10 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         not depend on the other rows in the call or their order. With ``diagnostics``, also the
         largest of the members' Pareto-k̂ (the least reliable estimate in the mean), fitted to
         max(K, ``DIAGNOSTIC_SAMPLES``) weights per row (PSIS needs at least 21); else NaN."""
-        view, log_density = self.preprocessor_.transform(torch.from_numpy(table))
+        return self._score_view(*self.preprocessor_.transform(torch.from_numpy(table)), diagnostics)
+
+    def _score_view(self, view: torch.Tensor, log_density: torch.Tensor, diagnostics: bool = False) -> ImportanceScores:
+        """:meth:`_score` of rows already through the preprocessing (its view and log-density)."""
         view = view.to(next(self.models_.parameters()).device)
         log_px, pareto_k = [], []
         diagnostic_samples = max(self.num_samples, DIAGNOSTIC_SAMPLES)
@@ -356,7 +359,7 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
             if diagnostics:
                 weights = importance_scores(model, guide, view, num_samples=diagnostic_samples, common_noise=self.seed_)
                 pareto_k.append(weights.pareto_k)
-        worst_k = np.max(pareto_k, axis=0) if diagnostics else np.full(len(table), np.nan)
+        worst_k = np.max(pareto_k, axis=0) if diagnostics else np.full(len(view), np.nan)
         log_px = np.mean(log_px, axis=0) + log_density.numpy()
         return ImportanceScores(log_px, worst_k, diagnostic_samples if diagnostics else self.num_samples)
 

@@ -43,17 +43,12 @@ def _robust_scale(column: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
     return distance[distance > 0].median()
 
 
-def _log_abs(values: torch.Tensor) -> torch.Tensor:
-    """log |values| without overflow for finite float64 inputs (0 maps to -inf)."""
-    return values.abs().log()
-
-
 def _difference_log_abs(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
     """log |x - center|, finite for any finite x and center even where x - center overflows."""
     difference = x - center
     finite = torch.isfinite(difference)
     overflowed = torch.maximum(x.abs(), center.abs().expand_as(x)).log() + math.log(2.0)
-    return torch.where(finite, _log_abs(torch.where(finite, difference, torch.ones_like(x))), overflowed)
+    return torch.where(finite, torch.where(finite, difference, torch.ones_like(x)).abs().log(), overflowed)
 
 
 def compress(z_log_abs: torch.Tensor, sign: torch.Tensor, tail: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,11 +129,12 @@ class TablePreprocessor:
         x, low, high = x[:, watched], self.low[watched], self.high[watched]
         spread = torch.where(high > low, high - low, CONSTANT_SCALE * low.abs().clamp(min=1.0)).clamp(max=LARGEST)
         below, above = _difference_log_abs(x, low), _difference_log_abs(x, high)
-        log_distance = torch.where((x - low).abs() <= (x - high).abs(), below, above)
+        to_low, to_high = (x - low).abs(), (x - high).abs()
+        log_distance = torch.where(to_low <= to_high, below, above)
         log_ratio = log_distance - spread.log()
         penalty = math.log(OFF_LEVEL_WEIGHT) - torch.nn.functional.softplus(log_ratio)  # log(1 + d/s)
         tolerance = LEVEL_TOLERANCE * torch.maximum(low.abs(), high.abs()).clamp(min=1.0)
-        on_level = ((x - low).abs() <= tolerance) | ((x - high).abs() <= tolerance)
+        on_level = (to_low <= tolerance) | (to_high <= tolerance)
         return torch.where(on_level, torch.zeros_like(penalty), penalty).sum(1)
 
     def state_dict(self) -> dict:
