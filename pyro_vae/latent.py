@@ -39,7 +39,7 @@ from pyro.poutine.messenger import Messenger
 from pyro_vae import plots
 from pyro_vae.convention import DEFAULT, OBSERVED_SITE, Convention
 from pyro_vae.distributions import mean_of
-from pyro_vae.program import bind, data_frame, latent_sites, sample_sites
+from pyro_vae.program import bind, data_frame, holds_no_data, latent_sites, sample_sites
 
 
 def _data_position(msg: dict, plate: str, batch_dims: int) -> int | None:
@@ -214,12 +214,7 @@ def _trace_without_data(model: Callable, z: torch.Tensor, y: torch.Tensor | None
 def _may_hold_data(msg: dict, own_draw: bool, plate: str) -> bool:
     """Whether a model site can be the data: a per-datum sample site, drawn by the model (run
     without data) or observed (on placeholder data), neither ``pyro.deterministic`` nor auxiliary."""
-    return (
-        msg["is_observed"] != own_draw
-        and not msg["infer"].get("_deterministic")
-        and not msg["infer"].get("is_auxiliary")
-        and data_frame(msg, plate) is not None
-    )
+    return msg["is_observed"] != own_draw and not holds_no_data(msg) and data_frame(msg, plate) is not None
 
 
 def _data_site(trace, conditioned: str, own_draw: bool, convention: Convention) -> str:

@@ -347,10 +347,15 @@ def _traces_owning_parameters(model: Bound, guide: Bound, x, y, size) -> tuple[T
     raise AssertionError("unreachable")
 
 
+def holds_no_data(site: dict) -> bool:
+    """Whether a sample site is a ``pyro.deterministic`` record (an observed Delta) or auxiliary:
+    neither is ever the data."""
+    return bool(site["infer"].get("_deterministic") or site["infer"].get("is_auxiliary"))
+
+
 def _observes(site: dict) -> bool:
-    """Whether a sample site observes data: observed, and neither a ``pyro.deterministic`` record
-    (an observed Delta) nor auxiliary."""
-    return site["is_observed"] and not site["infer"].get("_deterministic") and not site["infer"].get("is_auxiliary")
+    """Whether a sample site observes data: observed, and not a record or auxiliary."""
+    return site["is_observed"] and not holds_no_data(site)
 
 
 def observed_site(model_trace: Trace, convention: Convention = DEFAULT, exclude: str | None = None) -> str:
