@@ -7,6 +7,9 @@
   ``data_dir``, or in torchvision's layout ``data_dir/MNIST/raw``; ``download=True`` fetches them
   with torchvision.
 - ``frey``: ``frey_faces.npz`` (array ``x``, 1965 x 28 x 20) in ``data_dir``.
+- ``omniglot``: the background "small 1" and "small 2" sets, ``omniglot_background_small{1,2}.npz``
+  (array ``x``, 105 x 105, 1 = ink) in ``data_dir``, together 5,840 characters averaged down to
+  28 x 28 (ink bright on dark, as MNIST), the labels their alphabets in sorted order.
 - ``npz:PATH``: arrays ``train``/``test`` (optional ``y_train``/``y_test``) or ``X``/``x`` with
   optional ``y``.
 - ``csv:PATH``: a numeric table, optional header; a column named ``label`` or ``y`` is taken as
@@ -33,7 +36,9 @@ import torch
 from pyro_vae.convention import MISSING_LABEL
 
 SPLIT_SEED = 0
-NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "frey")
+NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "frey", "omniglot")
+OMNIGLOT_FILES = ("omniglot_background_small1.npz", "omniglot_background_small2.npz")
+OMNIGLOT_SIZE = 28
 
 
 @dataclass
@@ -163,6 +168,26 @@ def load_frey(data_dir: Path) -> DataSplits:
     return _split(_images01(images), None, 0.1, "frey")
 
 
+def load_omniglot(data_dir: Path) -> DataSplits:
+    """Both small background sets, each 105 x 105 image averaged down to 28 x 28 (adaptive average
+    pooling: each output pixel is the ink fraction of its 3.75 x 3.75 patch), in [0, 1]."""
+    paths = [data_dir / name for name in OMNIGLOT_FILES]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"omniglot: {missing[0]} not found; pass --data-dir to the folder holding {' and '.join(OMNIGLOT_FILES)}"
+        )
+    images, alphabets = [], []
+    for path in paths:
+        with np.load(path, allow_pickle=False) as archive:
+            images.append(archive["x"])
+            alphabets.append(archive["alphabet"])
+    ink = torch.as_tensor(np.concatenate(images), dtype=torch.float32).clamp(0, 1).unsqueeze(1)
+    small = torch.nn.functional.interpolate(ink, size=(OMNIGLOT_SIZE, OMNIGLOT_SIZE), mode="area")
+    _, labels = np.unique(np.concatenate(alphabets), return_inverse=True)
+    return _split(small.numpy(), labels, 0.2, "omniglot")
+
+
 def _features(array: np.ndarray) -> np.ndarray:
     return _images01(array) if array.ndim in (3, 4) else array.astype(np.float32)
 
@@ -263,6 +288,8 @@ def load_dataset(spec: str, data_dir: str | Path | None = None, download: bool =
         return load_idx_dataset(spec, folder, download)
     if spec == "frey":
         return load_frey(folder)
+    if spec == "omniglot":
+        return load_omniglot(folder)
     raise ValueError(
         f"unknown data set {spec!r}; use one of {', '.join(NAMED_DATASETS)}, npz:PATH, csv:PATH or images:DIR"
     )

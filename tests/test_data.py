@@ -47,6 +47,16 @@ def test_frey_faces():
     assert len(data.train_x) + len(data.test_x) == 1965
 
 
+def test_omniglot_is_averaged_down_to_mnist_size_with_bright_ink(tmp_path):
+    data = load_dataset("omniglot", shared_data("omniglot"))
+    assert data.x_shape == (1, 28, 28) and len(data.train_x) + len(data.test_x) == 2720 + 3120
+    assert 0 <= data.train_x.min() and data.train_x.max() <= 1
+    assert data.train_x.mean() < 0.2, "ink (1) is the minority, as in MNIST"
+    assert set(data.train_y.tolist()) == set(range(8)), "eight alphabets in the two small sets"
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        load_dataset("omniglot", tmp_path)
+
+
 def test_npz_and_csv_tables(tmp_path):
     x = np.random.default_rng(0).normal(size=(50, 3)) * [1, 100, 1e4]
     y = (np.arange(50) % 2).astype(np.int64)
