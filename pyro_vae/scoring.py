@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import pyro
@@ -51,6 +52,7 @@ from pyro_vae.progress import progress_bar
 from pyro_vae.validation import check_data
 
 DEFAULT_MAX_BATCH = 1 << 14
+OBSERVED, LATENT, GUIDE = range(3)  # the terms of a log weight (WeightTerms)
 INSPECTED_ROWS = 128  # the rows a scoring call traces to inspect the pair
 PARTICLE_PLATE = "_num_particles_vectorized"
 
@@ -104,10 +106,16 @@ class _Scorer:
         self.model, self.guide = model, guide
 
     def log_weights(
-        self, x: torch.Tensor, y: torch.Tensor | None, num_particles: int, noise: list[int] | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        num_particles: int,
+        noise: list[int] | None = None,
+        terms: bool = False,
     ) -> torch.Tensor:
         """log p(x, z_k) - log q(z_k | x) of ``num_particles`` draws per datum, ``[particles, N]``;
-        with ``noise`` (a seed), the draws are common to all data (:mod:`pyro_vae.common_noise`)."""
+        with ``noise`` (a seed), the draws are common to all data (:mod:`pyro_vae.common_noise`).
+        With ``terms``, its three terms apart, ``[3, particles, N]`` (see :class:`WeightTerms`)."""
         if self.vectorized:
             devices = [x.device] if x.device.type == "cuda" else []
             before = torch.get_rng_state(), [torch.cuda.get_rng_state(device) for device in devices]
@@ -118,7 +126,7 @@ class _Scorer:
                     pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim),
                 ):
                     pair = traces(self.model, self.guide, x, y)
-                return self._sum(*pair, x, num_particles, check_shapes=True)
+                return self._sum(*pair, x, num_particles, terms, check_shapes=True)
             except (RuntimeError, ValueError, IndexError, TypeError) as error:  # no particle dimension
                 if isinstance(error, CommonNoiseError):
                     raise
@@ -130,8 +138,8 @@ class _Scorer:
             log_w = []
             for particle in range(num_particles):
                 with self._noise(None if noise is None else [*noise, particle]):
-                    log_w.append(self._sum(*traces(self.model, self.guide, x, y), x, 1))
-            return torch.cat(log_w)
+                    log_w.append(self._sum(*traces(self.model, self.guide, x, y), x, 1, terms))
+            return torch.cat(log_w, dim=-2)
 
     def _noise(self, seed: list[int] | None):
         """Common noise from a generator seeded with ``seed`` (a no-op context without one)."""
@@ -141,11 +149,13 @@ class _Scorer:
         return CommonNoise(self.data_plate, generator)
 
     def _sum(
-        self, model_trace, guide_trace, x: torch.Tensor, particles: int, check_shapes: bool = False
+        self, model_trace, guide_trace, x: torch.Tensor, particles: int, terms: bool, check_shapes: bool = False
     ) -> torch.Tensor:
+        """The per-datum log-densities of the two traces: ``[3, particles, N]`` (observed, model
+        latent and guide sites, :class:`WeightTerms`) with ``terms``, else the log weight."""
         shape = (particles, x.shape[0])
-        log_w = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        sums = torch.zeros((3, *shape), dtype=x.dtype, device=x.device)
+        for trace, is_guide in ((model_trace, False), (guide_trace, True)):
             trace.compute_log_prob()
             for site in trace.nodes.values():
                 if site["type"] != "sample" or site["infer"].get("is_auxiliary"):
@@ -158,8 +168,9 @@ class _Scorer:
                 # Unscaled: a score is the model's own density, whatever poutine.scale (a β, a 1/N, a
                 # hard-coded plate size) the model or guide applies for training.
                 log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
-                log_w = log_w + sign * _per_datum(log_prob, self.particle_dim, frame.dim, shape)
-        return log_w
+                term = GUIDE if is_guide else OBSERVED if site["is_observed"] else LATENT
+                sums[term] += _per_datum(log_prob, self.particle_dim, frame.dim, shape)
+        return sums if terms else sums[OBSERVED] + sums[LATENT] - sums[GUIDE]
 
 
 def iter_log_weights(
@@ -188,6 +199,19 @@ def iter_log_weights(
         bit-identical whether it is scored alone, with other data or in another order (for the
         same ``num_samples``, ``max_batch`` and device).
     """
+    scorer = _checked_scorer(model, guide, x, y, num_samples, convention)
+    return _chunks(scorer, x, y, num_samples, max_batch, progress, common_noise)
+
+
+def _checked_scorer(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    num_samples: int,
+    convention: Convention | None,
+) -> _Scorer:
+    """The pair inspected on the first rows of ``x``, after checking the data and the pair."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     if x.shape[0] == 0:
@@ -198,7 +222,7 @@ def iter_log_weights(
     inspection.require_whole_batch(first_x.shape[0])
     inspection.require_guide_covers_model()
     inspection.check_support(x)
-    return _chunks(_Scorer(inspection), x, y, num_samples, max_batch, progress, common_noise)
+    return _Scorer(inspection)
 
 
 def _chunks(
@@ -209,8 +233,10 @@ def _chunks(
     max_batch: int,
     progress: bool | None,
     common_noise: int | None,
+    terms: bool = False,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """The chunks of :func:`iter_log_weights`, for a pair already checked and inspected."""
+    """The chunks of :func:`iter_log_weights` (with ``terms``, of :func:`log_weight_terms`), for a
+    pair already checked and inspected."""
     particles_per_chunk = min(num_samples, max_batch)
     rows_per_chunk = max(1, max_batch // particles_per_chunk)
     bar = progress_bar(total=x.shape[0], desc=f"scoring (K={num_samples})", unit="datum", show=progress)
@@ -230,8 +256,8 @@ def _chunks(
                 # torch's argument checks (a third of the time), the support already checked on all x.
                 checks = contextlib.nullcontext() if start == 0 and done == 0 else pyro.validation_enabled(False)
                 with checks:
-                    log_w = scorer.log_weights(x_rows, y_rows, count, noise)
-                yield rows, log_w[:, : rows.stop - rows.start]
+                    log_w = scorer.log_weights(x_rows, y_rows, count, noise, terms)
+                yield rows, log_w[..., : rows.stop - rows.start]
             bar.update(rows.stop - rows.start)
 
 
@@ -248,16 +274,56 @@ def log_weights(
     common_noise: int | None = None,
 ) -> torch.Tensor:
     """All log importance weights log p(x, z_k) - log q(z_k | x), shaped ``[num_samples, N]``."""
+    chunks = iter_log_weights(
+        model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
+    )
+    return _collected(chunks)
+
+
+class WeightTerms(NamedTuple):
+    """The three terms of the log importance weights, each ``[num_samples, N]``:
+    ``log_w = observed + latent - guide``."""
+
+    observed: torch.Tensor  #: log p(x | z_k): the model's observed sites
+    latent: torch.Tensor  #: log p(z_k): the model's latent sites
+    guide: torch.Tensor  #: log q(z_k | x): the guide's sites
+
+    @property
+    def rate(self) -> torch.Tensor:
+        """The Monte Carlo KL(q(z | x) || p(z)) of every datum, the ELBO's rate term, ``[N]``."""
+        return _by_datum(self.guide - self.latent).mean(1)
+
+
+def log_weight_terms(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    num_samples: int = 1,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    progress: bool | None = False,
+    *,
+    convention: Convention | None = None,
+    common_noise: int | None = None,
+) -> WeightTerms:
+    """:func:`log_weights` split into the model's observed and latent sites and the guide's
+    (the distortion and rate of the ELBO come from them; Alemi et al. 2018, "Fixing a broken
+    ELBO"); same arguments. Sites outside the data plate enter neither, as in every score here."""
+    scorer = _checked_scorer(model, guide, x, y, num_samples, convention)
+    chunks = _chunks(scorer, x, y, num_samples, max_batch, progress, common_noise, terms=True)
+    return WeightTerms(*_collected(chunks))
+
+
+def _collected(chunks: Iterator[tuple[slice, torch.Tensor]]) -> torch.Tensor:
+    """The chunks of one call joined: particles along dimension -2, data along the last."""
     columns: list[list[torch.Tensor]] = []
     last_start = None
-    for rows, log_w in iter_log_weights(
-        model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
-    ):
+    for rows, log_w in chunks:
         if rows.start != last_start:
             columns.append([])
             last_start = rows.start
         columns[-1].append(log_w)
-    return torch.cat([torch.cat(parts, dim=0) for parts in columns], dim=1)
+    return torch.cat([torch.cat(parts, dim=-2) for parts in columns], dim=-1)
 
 
 def elbo(
