@@ -262,7 +262,7 @@ def test_conditional_options_need_labels(tmp_path):
     assert result.returncode == 2 and "add --conditional" in result.stderr
 
 
-@pytest.mark.parametrize("correction", ["complexity", "regret"])
+@pytest.mark.parametrize("correction", ["complexity", "regret", "typicality"])
 def test_score_with_an_ood_correction(run_dir, tmp_path, correction):
     result = pyro_vae(
         "score", str(run_dir), "--correction", correction, "--num-samples", "5", "--reference-size", "100",
@@ -275,6 +275,30 @@ def test_score_with_an_ood_correction(run_dir, tmp_path, correction):
     assert scores == sorted(scores)
     assert any(abs(float(row["score"]) - float(row["log_likelihood"])) > 1 for row in rows)  # corrected
     assert json.loads((tmp_path / "scores_metrics.json").read_text())["count"] == 359
+
+
+def test_score_ranks_images_by_the_typicality_test_by_default(run_dir, tmp_path):
+    result = pyro_vae("score", str(run_dir), "--num-samples", "5", "--reference-size", "100", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "typicality" in result.stdout
+    plain = pyro_vae(
+        "score", str(run_dir), "--num-samples", "5", "--correction", "none", "--out", str(tmp_path / "plain")
+    )
+    assert plain.returncode == 0, plain.stderr
+    typical = {row["index"]: float(row["score"]) for row in csv.DictReader((tmp_path / "scores.csv").open())}
+    likely = {row["index"]: float(row["score"]) for row in csv.DictReader((tmp_path / "plain" / "scores.csv").open())}
+    assert typical.keys() == likely.keys() and typical != likely
+
+
+def test_the_typicality_test_needs_held_out_images(tmp_path):
+    out = tmp_path / "no_validation"
+    trained = pyro_vae(
+        "train", "--epochs", "1", "--validation", "0", "--score-samples", "2", "--quiet", "--out", str(out)
+    )
+    assert trained.returncode == 0, trained.stderr
+    result = pyro_vae("score", str(out), "--num-samples", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--validation 0.1" in result.stderr and "--correction complexity" in result.stderr
 
 
 def test_latent_figures(run_dir, tmp_path):

@@ -253,10 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--reference-size", type=int, default=1000, help="runs: training data scored as the reference")
     score.add_argument(
         "--correction",
-        default="none",
-        choices=["none", "complexity", "regret"],
-        help="runs: complexity ranks images by log p(x) + PNG length (Serrà et al. 2020), regret by minus the "
-        "likelihood regret (Xiao et al. 2020); both correct likelihood's preference for simple images",
+        default="auto",
+        choices=["auto", "none", "typicality", "complexity", "regret"],
+        help="runs: what ranks the data. typicality: the typicality test of log p(x), rate and PNG length against "
+        "the run's held-out images (pyro_vae.typicality); none: log p(x); complexity: log p(x) + PNG length (Serrà "
+        "et al. 2020); regret: minus the likelihood regret (Xiao et al. 2020). auto: typicality for images, none "
+        "otherwise",
     )
     score.add_argument("--netcdf", action="store_true", help="also write STEM.nc, an ArviZ InferenceData file")
     score.add_argument("--out", help="folder for the report (default: the run or detector directory)")

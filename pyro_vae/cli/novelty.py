@@ -26,10 +26,12 @@ from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics import reliable_k, to_inference_data
 from pyro_vae.novelty import DETECTOR_KIND, NoveltyDetector, empirical_tail_probability
 from pyro_vae.ood import complexity_corrected, likelihood_regret
+from pyro_vae.training import split_data
+from pyro_vae.typicality import TypicalityTest
 
 DETECTOR_NAME = "detector.pt"
 NETCDF_COLUMNS = ("index", "score", "log_likelihood", "elbo", "pareto_k", "tail_probability", "novel")
-CORRECTION_NAMES = {"complexity": "log p(x) + L(x)", "regret": "-regret"}
+CORRECTION_NAMES = {"complexity": "log p(x) + L(x)", "regret": "-regret", "typicality": "typicality"}
 
 
 def data_spec(text: str) -> str:
@@ -125,35 +127,66 @@ def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: tor
     return Scored(rows, reference, detector.offset_, "log p(x)", detector.num_samples)
 
 
-def _run_rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, args: argparse.Namespace) -> list[dict]:
-    """Per-datum scores of a run, ranked by the ``--correction`` asked for."""
+def correction_of(run: Run, args: argparse.Namespace) -> str:
+    """The ``--correction`` asked for; ``auto`` is the typicality test for an unconditional run
+    on images and none (log p(x)) otherwise."""
+    if args.correction != "auto":
+        return args.correction
+    return "typicality" if len(run.config["x_shape"]) == 3 and not run.conditional else "none"
+
+
+def _run_rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, correction: str, args) -> list[dict]:
+    """Per-datum scores of a run, ranked by ``correction`` (not the typicality test)."""
     if run.conditional:
-        if args.correction != "none":
-            raise ValueError("--correction works with unconditional runs only")
+        if correction != "none":
+            raise ValueError(f"--correction {correction} works with unconditional runs only; pass --correction none")
         rows = conditional_score_table(run.model, run.guide, x, labels, run.config["num_classes"], args.num_samples)[0]
         return _ranked(rows)
     rows = score_table(run.model, run.guide, x, labels, args.num_samples)
-    if args.correction == "none":
+    if correction == "none":
         return _ranked(rows)
+    if x.dim() != 4:
+        raise ValueError(
+            f"--correction {correction} is for images; this run's data are not images: pass --correction none"
+        )
     log_px = np.empty(len(rows))
     log_px[[row["index"] for row in rows]] = [row["log_likelihood"] for row in rows]
-    if args.correction == "complexity":
-        if x.dim() != 4:
-            raise ValueError("--correction complexity compresses images; this run's data are not images")
+    if correction == "complexity":
         return _ranked(rows, complexity_corrected(log_px, x))
     return _ranked(rows, -likelihood_regret(run.model, run.guide, x, progress=None).cpu().numpy())
 
 
+def held_out_images(run: Run, size: int) -> torch.Tensor:
+    """Up to ``size`` of the training images the run held out for validation (``--validation``,
+    split with its ``--seed`` exactly as training split them): images it was not fitted to."""
+    arguments = run.config.get("arguments", {})
+    train = run.preprocessor.transform(load_dataset(run.config["dataset"], run.config.get("data_dir")).train_x)
+    _, held_out = split_data(train, arguments.get("validation"), arguments.get("seed", 0))
+    if held_out is None:
+        raise ValueError(
+            "the typicality test needs training images the run was not fitted to, and this run held out none "
+            "(--validation 0); retrain with --validation 0.1, or pass --correction complexity"
+        )
+    return held_out[0][:size].to(run.device)
+
+
 def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels: torch.Tensor | None) -> Scored:
-    """Scores ``x``; the reference is a random subset of the run's own training data."""
-    train = load_dataset(run.config["dataset"], run.config.get("data_dir")).train_x
-    subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.reference_size]
-    reference_x = run.preprocessor.transform(train[subset]).to(run.device)
-    reference = np.sort([row["score"] for row in _run_rows(run, reference_x, None, args)])
+    """Scores ``x``; the reference is a random subset of the run's own training data, or for the
+    typicality test its held-out validation images."""
+    correction = correction_of(run, args)
+    if correction == "typicality":
+        test = TypicalityTest(run.model, run.guide).fit(held_out_images(run, args.reference_size))
+        reference = np.sort(test.reference_)
+        rows = _ranked(score_table(run.model, run.guide, x, labels, args.num_samples), test.score(x))
+    else:
+        train = load_dataset(run.config["dataset"], run.config.get("data_dir")).train_x
+        subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.reference_size]
+        reference_x = run.preprocessor.transform(train[subset]).to(run.device)
+        reference = np.sort([row["score"] for row in _run_rows(run, reference_x, None, correction, args)])
+        rows = _run_rows(run, x, labels, correction, args)
     threshold = float(np.quantile(reference, args.contamination))
-    rows = _run_rows(run, x, labels, args)
     _annotate(rows, reference, threshold, args.num_samples)
-    name = CORRECTION_NAMES.get(args.correction, score_name(run.config))
+    name = CORRECTION_NAMES.get(correction, score_name(run.config))
     return Scored(rows, reference, threshold, name, args.num_samples)
 
 
@@ -175,8 +208,10 @@ def _load_data(args: argparse.Namespace, default_spec: str | None, default_dir: 
 def score(args: argparse.Namespace) -> int:
     path = _target_path(args.run)
     if load_checkpoint(path).config.get("kind") == DETECTOR_KIND:
-        if args.correction != "none":
-            raise ValueError("--correction applies to image runs; a detector scores tables by log p(x)")
+        if args.correction not in ("auto", "none"):
+            raise ValueError(
+                f"--correction {args.correction} applies to image runs; a detector scores tables by log p(x)"
+            )
         detector = NoveltyDetector.load(path, args.device)
         x, labels, spec, split = _load_data(args, None, None)
         scored = _score_with_detector(detector, x, labels)
