@@ -13,26 +13,78 @@ from torch.nn.utils import clip_grad_norm_
 OPTIMIZERS = ("adam", "clipped-adam")
 
 
-class FusedAdam(torch.optim.Adam):
-    """:class:`torch.optim.Adam` with its fused kernel: the same update in one pass over each
-    tensor instead of about ten (for the 784-400-50 VAE, 1.8 → 1.0 ms of a training step on an
-    AVX-512 CPU).
+ADAM_OPTIONS = {  # torch.optim.Adam's defaults, as its param groups list them
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "amsgrad": False,
+    "maximize": False,
+    "foreach": None,
+    "capturable": False,
+    "differentiable": False,
+    "fused": True,
+    "decoupled_weight_decay": False,
+}
 
-    Gradients are made contiguous before the step: PyTorch 2.14's fused CPU kernel reads a
-    non-contiguous gradient (a transposed view, as some backward passes leave them) in the wrong
-    order and takes wrong steps (``tests/test_optim.py``).
+
+class FusedAdam:
+    """Adam (Kingma & Ba 2015) with torch's fused kernel: the update of
+    ``torch.optim.Adam(fused=True)`` bit for bit, one pass over each tensor instead of about ten
+    (for the 784-400-50 VAE, 1.8 → 1.0 ms of a training step on an AVX-512 CPU), with the same
+    state entries (``step``, ``exp_avg``, ``exp_avg_sq``) and param-group options, so that the
+    states of either load in the other.
+
+    It is not a :class:`torch.optim.Optimizer`: the first construction of one in a process imports
+    ``torch._dynamo`` for ``torch.compile``'s sake, about 2 s of every process's first fit. It
+    has what :class:`JointOptim` uses: ``param_groups`` (one group), ``state`` (by parameter) and
+    :meth:`step`. Gradients are made contiguous before the step: PyTorch 2.14's fused CPU kernel
+    reads a non-contiguous gradient (a transposed view, as some backward passes leave them) in the
+    wrong order and takes wrong steps (``tests/test_optim.py``).
     """
 
-    def __init__(self, params, lr: float = 1e-3, **options) -> None:
-        super().__init__(params, lr=lr, fused=True, **options)
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3) -> None:
+        self.param_groups = [{"params": list(params), "lr": lr, **ADAM_OPTIONS}]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for parameter in group["params"]:
-                if parameter.grad is not None and not parameter.grad.is_contiguous():
-                    parameter.grad = parameter.grad.contiguous()
-        return super().step(closure)
+    def step(self) -> None:
+        """One Adam step of every parameter of the group that has a gradient."""
+        group = self.param_groups[0]
+        by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for parameter in group["params"]:
+            if parameter.grad is None:
+                continue
+            if not parameter.grad.is_contiguous():
+                parameter.grad = parameter.grad.contiguous()
+            if not self.state.get(parameter):
+                self.state[parameter] = {
+                    "step": torch.zeros((), dtype=torch.float32, device=parameter.device),
+                    "exp_avg": torch.zeros_like(parameter, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(parameter, memory_format=torch.preserve_format),
+                }
+            by_kind.setdefault((parameter.device, parameter.dtype), []).append(parameter)
+        beta1, beta2 = group["betas"]
+        for parameters in by_kind.values():  # the fused kernel takes one device and dtype at a time
+            states = [self.state[parameter] for parameter in parameters]
+            steps = [state["step"] for state in states]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(
+                parameters,
+                [parameter.grad for parameter in parameters],
+                [state["exp_avg"] for state in states],
+                [state["exp_avg_sq"] for state in states],
+                [],
+                steps,
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
 
 
 class JointOptim(pyro.optim.PyroOptim):
@@ -50,16 +102,17 @@ class JointOptim(pyro.optim.PyroOptim):
     :meth:`get_state` returns one torch state dict per parameter name, so states saved by either
     class load in the other.
 
-    :param constructor: a :class:`torch.optim.Optimizer` class with an elementwise update.
+    :param constructor: an optimizer class with an elementwise update (:class:`FusedAdam`, or a
+        :class:`torch.optim.Optimizer`).
     :param dict options: its keyword arguments, the same for every parameter (``lr`` among them).
     :param clip_norm: clip each parameter's gradient to this norm before the step, as
         ``PyroOptim``'s ``clip_args`` does.
     """
 
-    def __init__(self, constructor: type[torch.optim.Optimizer], options: dict, clip_norm: float | None = None) -> None:
+    def __init__(self, constructor: type, options: dict, clip_norm: float | None = None) -> None:
         super().__init__(constructor, dict(options))
         self.clip_norm = clip_norm
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer: FusedAdam | torch.optim.Optimizer | None = None
         self.parameters: list[torch.Tensor] = []  # in the order they were first stepped
         self._adopted: set[torch.Tensor] = set()
 

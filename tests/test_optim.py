@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pyro
 import pyro.optim
@@ -27,6 +29,44 @@ def test_fused_adam_equals_adam_also_for_non_contiguous_gradients():
             optimizer.step()
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
     assert (ours - start).abs().max() > 1e-3  # it did step
+
+
+def test_fused_adam_is_torchs_fused_adam_bit_for_bit_per_dtype():
+    generator = torch.Generator().manual_seed(1)
+    starts = [torch.randn(7, 5, generator=generator), torch.randn(3, generator=generator, dtype=torch.float64)]
+    ours = [start.clone().requires_grad_() for start in starts]
+    theirs = [start.clone().requires_grad_() for start in starts]
+    mine, reference = FusedAdam(ours, lr=0.01), torch.optim.Adam(theirs, lr=0.01, fused=True)
+    for step in range(4):
+        for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            if step == 2 and index == 1:
+                a.grad = b.grad = None  # a step without a gradient leaves the tensor and its moments
+                continue
+            a.grad = torch.randn(a.shape, generator=generator, dtype=a.dtype)
+            b.grad = a.grad.clone()
+        mine.step(), reference.step()
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(mine.state[a]["exp_avg_sq"], reference.state[b]["exp_avg_sq"])
+        assert torch.equal(mine.state[a]["step"], reference.state[b]["step"])
+    assert {key for key in reference.param_groups[0] if key != "params"} == {
+        key for key in mine.param_groups[0] if key != "params"
+    }, "the same options, so that saved states carry the same keys"
+
+
+def test_training_does_not_import_torch_dynamo():
+    """torch.optim.Optimizer's first construction imports torch._dynamo (about 2 s); fit avoids it."""
+    code = (
+        "import sys, torch, pyro_vae\n"
+        "from pyro_vae.guides import AmortizedNormal\n"
+        "from pyro_vae.models import VAE\n"
+        "model, guide = VAE.build((4,), 2, [8], 'mlp', 'gaussian'), AmortizedNormal.build((4,), 2, [8], 'mlp')\n"
+        "pyro_vae.fit(model, guide, torch.randn(64, 4), epochs=2, progress=False)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 def test_make_optimizer_names():
@@ -133,13 +173,13 @@ def test_joint_optimizer_clips_each_parameter_like_torch():
 
 
 def test_state_moves_between_joint_and_per_parameter_optimizers():
-    """get_state has PyroOptim's format, so a checkpoint of either resumes in the other and the
-    continued run equals the uninterrupted one."""
+    """get_state has PyroOptim's format with torch's Adam states, so a checkpoint of either
+    resumes in the other and the continued run equals the uninterrupted one."""
     _store_parameters()
     uninterrupted = _run(make_optimizer("adam", 0.01, None), 6)
 
     _store_parameters()
-    per_parameter = pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01})
+    per_parameter = pyro.optim.PyroOptim(torch.optim.Adam, {"lr": 0.01, "fused": True})  # torch's own states
     _run(per_parameter, 3)
     saved = copy.deepcopy(per_parameter.get_state())
     resumed = make_optimizer("adam", 0.01, None)
@@ -148,7 +188,7 @@ def test_state_moves_between_joint_and_per_parameter_optimizers():
     for mine, theirs in zip(continued, uninterrupted, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
 
-    back = pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01})
+    back = pyro.optim.PyroOptim(torch.optim.Adam, {"lr": 0.01, "fused": True})
     back.set_state(copy.deepcopy(resumed.get_state()))
     assert set(back._state_waiting_to_be_consumed) == {"a", "b", "c"}
     step_counts = {name: state["state"][0]["step"].item() for name, state in resumed.get_state().items()}
@@ -194,7 +234,7 @@ def test_a_late_parameter_keeps_the_learning_rate_and_waiting_states_are_kept():
     """After a resume, a parameter first stepped later gets its saved moments but does not reset
     the learning rate set since; states still waiting are part of get_state and of a restart."""
     _store_parameters()
-    saved = pyro.optim.PyroOptim(FusedAdam, {"lr": 0.01})
+    saved = pyro.optim.PyroOptim(torch.optim.Adam, {"lr": 0.01, "fused": True})
     _run(saved, 2)
     state = copy.deepcopy(saved.get_state())
     a, b, _ = (value for _, value in pyro.get_param_store().named_parameters())
