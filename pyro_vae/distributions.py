@@ -212,6 +212,7 @@ class MixedColumns(dist.TorchDistribution):
     ) -> None:
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)
         self.binary = binary.to(device=loc.device, dtype=torch.bool)
+        self._any_binary, self._all_binary = bool(self.binary.any()), bool(self.binary.all())
         self.df = df
         super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
 
@@ -225,7 +226,16 @@ class MixedColumns(dist.TorchDistribution):
         return dist.StudentT(self.df, self.loc, self.scale)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        # A table of one kind of column (the common case) computes only that kind's densities:
+        # the same numbers, without the other kind's passes over every value.
+        if not self._any_binary:
+            return self._continuous_log_prob(value).sum(-1)
         binary_part = BernoulliLogits(self.loc, validate_args=False).log_prob(value)
+        if self._all_binary:
+            return binary_part.sum(-1)
+        return torch.where(self.binary, binary_part, self._continuous_log_prob(value)).sum(-1)
+
+    def _continuous_log_prob(self, value: torch.Tensor) -> torch.Tensor:
         standardized = (value - self.loc) / self.scale
         if self.df is None:
             continuous_part = -0.5 * standardized.pow(2) - HALF_LOG_2PI
@@ -233,8 +243,7 @@ class MixedColumns(dist.TorchDistribution):
             df = self.df
             normalizer = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
             continuous_part = normalizer - 0.5 * (df + 1) * torch.log1p(standardized.pow(2) / df)
-        continuous_part = continuous_part - self.scale.log()
-        return torch.where(self.binary, binary_part, continuous_part).sum(-1)
+        return continuous_part - self.scale.log()
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
         with torch.no_grad():

@@ -44,6 +44,20 @@ def test_mixed_columns_are_bernoulli_where_binary_and_student_t_elsewhere():
         get_likelihood("mixed", 3)
 
 
+@pytest.mark.parametrize("binary", [[False] * 3, [True] * 3])
+def test_a_table_of_one_kind_of_column_scores_as_that_kind_alone(binary):
+    likelihood = get_likelihood("mixed", 1, binary=binary, df=4.0)
+    params = torch.randn(4, 2, 3)
+    loc, raw_scale = params.unbind(-2)
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    if binary[0]:
+        expected = torch.distributions.Bernoulli(logits=loc).log_prob(x).sum(-1)
+    else:
+        scale = torch.nn.functional.softplus(raw_scale) + 1e-3
+        expected = torch.distributions.StudentT(4.0, loc, scale).log_prob(x).sum(-1)
+    assert torch.allclose(likelihood(params).log_prob(x), expected, atol=1e-5)
+
+
 def test_gaussian_scale_is_the_knob_c():
     loc = torch.zeros(1, 1, 3)
     x = torch.full((1, 3), 0.5)
