@@ -101,6 +101,33 @@ def _validation(rows: int) -> float:
     return 0.1 if rows >= 50 else 0.0
 
 
+def split_by_distinct_rows(x: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(training rows, validation rows)``: about ``fraction`` of the rows of ``x`` held out,
+    every copy of a row on the same side, so that with repeated rows (a small table resampled
+    with replacement, say) the validation rows are rows the member never trained on and early
+    stopping measures how well it generalizes, not how well it memorizes. Rows are taken in the
+    order of ``torch.randperm`` seeded with ``seed``, as :func:`~pyro_vae.training.split_data`
+    takes them, and a row's copies join it unless they would hold out more than twice the share:
+    without repeated rows this is ``fit``'s own split, row for row. ``None`` when nothing can be
+    held out that way."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    share = max(1, round(fraction * len(x)))
+    _, groups = np.unique(x.numpy(), axis=0, return_inverse=True)
+    groups = groups.reshape(-1)
+    counts = np.bincount(groups)
+    ordered = groups[order.numpy()]
+    held, taken = np.zeros(len(counts), dtype=bool), 0
+    for group in ordered[np.sort(np.unique(ordered, return_index=True)[1])]:  # by first appearance
+        if taken >= share:
+            break
+        if taken + counts[group] <= 2 * share:
+            held[group], taken = True, taken + counts[group]
+    if taken == 0 or held.all():
+        return x, None
+    in_validation = torch.from_numpy(held[ordered])
+    return x[order[~in_validation]], x[order[in_validation]]
+
+
 def numeric_frame(X):
     """A pandas DataFrame with every column numeric (categorical columns of numbers become floats,
     object columns of numbers their numbers); columns that hold text or other objects, and
@@ -309,6 +336,7 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
         """Train one member (see :meth:`fit`); the histories of its one or two phases."""
 
         def train(rows: torch.Tensor, phase_epochs: int) -> History:
+            rows, held_out = split_by_distinct_rows(rows, validation, seed) if validation else (rows, None)
             return fit(
                 model,
                 guide,
@@ -316,8 +344,8 @@ class NoveltyDetector(OutlierMixin, BaseEstimator):
                 epochs=phase_epochs,
                 batch_size=self.batch_size,
                 lr=self.lr,
-                validation=validation,
-                patience=max(10, epochs // 10) if validation else None,
+                validation=held_out,
+                patience=max(10, epochs // 10) if held_out is not None else None,
                 device=self.device,
                 seed=seed,
                 progress=self.progress,

@@ -8,8 +8,9 @@ import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
-from pyro_vae.novelty import NoveltyDetector
+from pyro_vae.novelty import NoveltyDetector, split_by_distinct_rows
 from pyro_vae.table_preprocessing import TablePreprocessor
+from pyro_vae.training import split_data
 
 
 def messy_table(rows: int, seed: int) -> np.ndarray:
@@ -217,3 +218,27 @@ def test_dropping_duplicates_fits_the_distinct_rows():
         torch.equal(a, b) for a, b in zip(kept.models_.parameters(), reference.models_.parameters(), strict=True)
     )
     assert dropped.train_scores_.shape == (600,)  # every training row is scored, in row order
+
+
+def test_validation_rows_are_never_copies_of_training_rows():
+    """A small table resampled with replacement: each member's held-out rows are rows it never
+    trained on (early stopping then measures generalization, not memorization)."""
+    distinct = torch.from_numpy(messy_table(130, seed=21)).float()
+    resampled = distinct[torch.randint(130, (1000,), generator=torch.Generator().manual_seed(0))]
+    training, held_out = split_by_distinct_rows(resampled, 0.1, seed=3)
+    assert len(training) + len(held_out) == 1000 and 100 <= len(held_out) <= 200
+    seen = {tuple(row.tolist()) for row in training}
+    assert not any(tuple(row.tolist()) in seen for row in held_out)
+
+
+def test_without_repeated_rows_the_split_is_fits_own():
+    x = torch.from_numpy(messy_table(200, seed=22)).float()
+    training, held_out = split_by_distinct_rows(x, 0.1, seed=7)
+    (fit_training, _), (fit_held_out, _) = split_data(x, 0.1, seed=7)
+    assert torch.equal(training, fit_training) and torch.equal(held_out, fit_held_out)
+
+
+def test_a_table_of_one_repeated_row_holds_nothing_out():
+    x = torch.ones(50, 3)
+    training, held_out = split_by_distinct_rows(x, 0.1, seed=0)
+    assert held_out is None and torch.equal(training, x)
