@@ -87,7 +87,9 @@ EXPERIMENTS: dict[str, Experiment] = {
         },
     ),
     "image_ood": Experiment(
-        "image_ood.py", copies={"results.md": "docs/image_ood_results.md", "scores.png": "docs/image_ood_scores.png"}
+        "image_ood.py",
+        ("--seeds", "0,1,2"),
+        {"results.md": "docs/image_ood_results.md", "typicality.png": "docs/image_ood_typicality.png"},
     ),
     "adbench": Experiment(
         "adbench.py",

@@ -21,7 +21,7 @@ from pyro_vae.training import AUTO, LOSSES
 
 DETECTOR_DEFAULTS = NoveltyDetector().get_params()
 
-DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, npz:PATH, csv:PATH or images:DIR"
+DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, omniglot, npz:PATH, csv:PATH or images:DIR"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
