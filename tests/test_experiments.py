@@ -82,3 +82,22 @@ def test_bench_detector_times_ours_and_isolation_forest(tmp_path):
     assert keys | {"rows", "columns"} <= values.keys()
     assert values["rows"] == "300" and values["columns"] == "5"
     assert float(values["detector_seconds"]) >= float(values["fit_seconds"]) > 0
+
+
+def test_image_ood_tabulates_every_pair_of_the_three_sets(tmp_path):
+    data = ROOT.parent / "shared" / "data"
+    if not all((data / name).is_dir() for name in ("mnist", "fashion-mnist", "omniglot")):
+        pytest.skip(f"MNIST, Fashion-MNIST or Omniglot missing from {data}")
+    values = summary(
+        "image_ood.py",
+        *("--data-root", str(data), "--out", str(tmp_path), "--hidden", "16", "--latent-dim", "2"),
+        *("--epochs", "1", "--min-steps", "1", "--held-out", "60", "--test-size", "40", "--num-samples", "3"),
+        *("--regret-steps", "1"),
+    )
+    pairs = [f"typicality_{a}_{b}" for a in ("mnist", "fashion", "omniglot") for b in ("mnist", "fashion", "omniglot")]
+    assert {key for key in pairs if key.split("_")[1] != key.split("_")[2]} <= values.keys()
+    for method in ("is", "complexity", "regret", "typicality"):
+        assert 0 <= float(values[f"auroc_{method}_min"]) <= float(values[f"auroc_{method}_mean"]) <= 1
+    results = (tmp_path / "results.md").read_text()
+    assert "| Omniglot → MNIST |" in results and "| Fashion-MNIST → own test set inverted |" in results
+    assert (tmp_path / "typicality.png").read_bytes()[:4] == b"\x89PNG"
