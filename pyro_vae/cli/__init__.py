@@ -14,6 +14,16 @@ import sys
 from collections.abc import Sequence
 
 from pyro_vae.cli import latent, novelty, queries, train
+from pyro_vae.cli.options import (
+    CONTAMINATION,
+    FRACTION,
+    NONNEGATIVE,
+    NONNEGATIVE_INTEGER,
+    POSITIVE,
+    POSITIVE_INTEGER,
+    SEED,
+    Bounded,
+)
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.novelty import NoveltyDetector
@@ -25,12 +35,20 @@ DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, omniglot, npz
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, but not the uninformative ``None`` and ``False`` ones."""
+    """Shows defaults, but not the uninformative ``None`` and ``False`` ones, and the range of
+    every numeric option."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
+        text = action.help if action.default in (None, False) else super()._get_help_string(action)
+        return f"{text} [{action.type.text}]" if isinstance(action.type, Bounded) else text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error in two lines, the problem and where the help is (exit status 2),
+    instead of the whole usage text."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
 
 
 def _int_list(text: str) -> list[int]:
@@ -63,35 +81,37 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--gaussian-scale",
-        type=float,
+        type=POSITIVE,
         default=0.1,
         help="standard deviation σ of --likelihood gaussian, N(f(z), cI) with c = σ²",
     )
-    parser.add_argument("--student-df", type=float, default=4.0, help="degrees of freedom of --likelihood student-t")
+    parser.add_argument("--student-df", type=POSITIVE, default=4.0, help="degrees of freedom of --likelihood student-t")
     parser.add_argument("--arch", default="mlp", choices=ARCHITECTURES, help="encoder/decoder networks")
     parser.add_argument("--guide", default="normal", choices=["normal", "delta"], help="delta: plain autoencoder")
-    parser.add_argument("--latent-dim", type=int, default=10, help="dimension of z")
+    parser.add_argument("--latent-dim", type=POSITIVE_INTEGER, default=10, help="dimension of z")
     parser.add_argument(
         "--hidden",
         type=_int_list,
         help="encoder layer widths (mlp) or channels (conv), e.g. 512,256; the decoder mirrors them "
         "(default: 256,128 for small inputs, 512,256 otherwise; 32,64 for conv)",
     )
-    parser.add_argument("--epochs", type=int, default=50, help="passes over the training data")
-    parser.add_argument("--batch-size", type=int, default=128, help="minibatch size")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
+    parser.add_argument("--epochs", type=POSITIVE_INTEGER, default=50, help="passes over the training data")
+    parser.add_argument("--batch-size", type=POSITIVE_INTEGER, default=128, help="minibatch size")
+    parser.add_argument("--lr", type=POSITIVE, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--clip-norm", type=POSITIVE, help="clip each parameter's gradient norm")
     parser.add_argument(
         "--loss",
         choices=[AUTO, *sorted(LOSSES)],
         help="ELBO implementation (default: auto, chosen by fit: TraceEnum_ELBO for a guide that enumerates, "
         "as with missing labels, a lean Trace_ELBO for reparameterizable guides, Pyro's Trace_ELBO otherwise)",
     )
-    parser.add_argument("--particles", type=int, default=1, help="ELBO particles per step (vectorized)")
-    parser.add_argument("--beta", type=float, default=1.0, help="KL weight")
-    parser.add_argument("--warmup", type=float, default=0.0, help="epochs of linear KL warm-up from 0 to --beta")
-    parser.add_argument("--validation", type=float, default=0.1, help="fraction of the training data held out")
-    parser.add_argument("--patience", type=int, help="early stopping: epochs without validation improvement")
+    parser.add_argument("--particles", type=POSITIVE_INTEGER, default=1, help="ELBO particles per step (vectorized)")
+    parser.add_argument("--beta", type=NONNEGATIVE, default=1.0, help="KL weight")
+    parser.add_argument("--warmup", type=NONNEGATIVE, default=0.0, help="epochs of linear KL warm-up from 0 to --beta")
+    parser.add_argument("--validation", type=FRACTION, default=0.1, help="fraction of the training data held out")
+    parser.add_argument(
+        "--patience", type=POSITIVE_INTEGER, help="early stopping: epochs without validation improvement"
+    )
     parser.add_argument(
         "--on-nonfinite",
         default="raise",
@@ -104,21 +124,23 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--labels-per-class",
-        type=int,
+        type=POSITIVE_INTEGER,
         help="with --conditional: keep this many labels per class and train M2 semi-supervised on the rest",
     )
-    parser.add_argument("--alpha", type=float, default=50.0, help="weight of M2's auxiliary classification term")
+    parser.add_argument("--alpha", type=NONNEGATIVE, default=50.0, help="weight of M2's auxiliary classification term")
     parser.add_argument(
-        "--embedding-dim", type=int, help="with --conditional: learned label embedding (default one-hot)"
+        "--embedding-dim", type=POSITIVE_INTEGER, help="with --conditional: learned label embedding (default one-hot)"
     )
     parser.add_argument(
         "--classifier-arch",
         choices=ARCHITECTURES,
         help="with --conditional: network of q(y|x) (default: --arch); conv generalizes better from few labels",
     )
-    parser.add_argument("--score-samples", type=int, default=1000, help="K for the test log p(x) and novelty report")
+    parser.add_argument(
+        "--score-samples", type=POSITIVE_INTEGER, default=1000, help="K for the test log p(x) and novelty report"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights, minibatches and sampling")
+    parser.add_argument("--seed", type=SEED, default=0, help="seeds the initial weights, minibatches and sampling")
     parser.add_argument("--out", help="run directory (default: runs/<dataset>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     parser.add_argument(
@@ -175,18 +197,24 @@ def _add_latent(commands: argparse._SubParsersAction) -> None:
         sub.add_argument("--out", help="PNG path (default: RUN/latent_<view>.png)")
         if view != "manifold":
             _add_data_arguments(sub)
-    views.choices["manifold"].add_argument("--points", type=int, default=20, help="grid points per side")
-    views.choices["interpolate"].add_argument("--pairs", type=int, default=4, help="pairs of data, one row each")
-    views.choices["interpolate"].add_argument("--steps", type=int, default=10, help="decoded points per path")
+    views.choices["manifold"].add_argument("--points", type=POSITIVE_INTEGER, default=20, help="grid points per side")
+    views.choices["interpolate"].add_argument(
+        "--pairs", type=POSITIVE_INTEGER, default=4, help="pairs of data, one row each"
+    )
+    views.choices["interpolate"].add_argument(
+        "--steps", type=POSITIVE_INTEGER, default=10, help="decoded points per path"
+    )
     views.choices["interpolate"].add_argument("--method", default="linear", choices=["linear", "spherical"])
-    views.choices["traverse"].add_argument("--index", type=int, default=0, help="which datum to start from")
-    views.choices["traverse"].add_argument("--steps", type=int, default=9, help="values per dimension")
-    views.choices["traverse"].add_argument("--range", type=float, default=3.0, help="values from -RANGE to RANGE")
-    views.choices["scatter"].add_argument("--num", type=int, default=2000, help="data shown")
+    views.choices["traverse"].add_argument(
+        "--index", type=NONNEGATIVE_INTEGER, default=0, help="which datum to start from"
+    )
+    views.choices["traverse"].add_argument("--steps", type=POSITIVE_INTEGER, default=9, help="values per dimension")
+    views.choices["traverse"].add_argument("--range", type=POSITIVE, default=3.0, help="values from -RANGE to RANGE")
+    views.choices["scatter"].add_argument("--num", type=POSITIVE_INTEGER, default=2000, help="data shown")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyro-vae", description="Variational autoencoders as Pyro programs: train, evaluate, sample, score."
     )
     commands = parser.add_subparsers(dest="command_name", required=True)
@@ -196,25 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "evaluate", "ELBO and importance-sampled log p(x) per datum, in nats", queries.evaluate
     )
     _add_data_arguments(evaluate)
-    evaluate.add_argument("--num-samples", type=int, default=1000, help="importance samples K per datum")
+    evaluate.add_argument("--num-samples", type=POSITIVE_INTEGER, default=1000, help="importance samples K per datum")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
 
     sample = _add_run_command(commands, "sample", "draw samples from the model as a PNG grid", queries.sample)
-    sample.add_argument("--num", type=int, default=64, help="number of samples")
+    sample.add_argument("--num", type=POSITIVE_INTEGER, default=64, help="number of samples")
     sample.add_argument(
         "--class",
         dest="label",
-        type=int,
+        type=NONNEGATIVE_INTEGER,
         help="draw samples of this class (conditional runs; without it they show a row per class)",
     )
-    sample.add_argument("--seed", type=int, default=0, help="seeds the latent draws")
+    sample.add_argument("--seed", type=SEED, default=0, help="seeds the latent draws")
     sample.add_argument("--out", help="PNG path (default: RUN/samples.png)")
 
     reconstruct = _add_run_command(
         commands, "reconstruct", "data beside their reconstructions, as PNG", queries.reconstruct
     )
     _add_data_arguments(reconstruct)
-    reconstruct.add_argument("--num", type=int, default=20, help="number of data shown")
+    reconstruct.add_argument("--num", type=POSITIVE_INTEGER, default=20, help="number of data shown")
     reconstruct.add_argument("--out", help="PNG path (default: RUN/reconstructions.png)")
 
     style = _add_run_command(
@@ -224,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         queries.style,
     )
     _add_data_arguments(style)
-    style.add_argument("--num", type=int, default=8, help="number of data shown")
+    style.add_argument("--num", type=POSITIVE_INTEGER, default=8, help="number of data shown")
     style.add_argument("--out", help="PNG path (default: RUN/style_transfer.png)")
 
     score = _add_run_command(
@@ -246,11 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["train", "test", "all"],
         help="part of the data (default: all of a file given with --data, else the test split)",
     )
-    score.add_argument("--num-samples", type=int, default=1000, help="importance samples K per datum (runs)")
     score.add_argument(
-        "--contamination", type=float, default=0.01, help="runs: fraction of training data above the threshold"
+        "--num-samples", type=POSITIVE_INTEGER, default=1000, help="importance samples K per datum (runs)"
     )
-    score.add_argument("--reference-size", type=int, default=1000, help="runs: training data scored as the reference")
+    score.add_argument(
+        "--contamination", type=CONTAMINATION, default=0.01, help="runs: fraction of training data above the threshold"
+    )
+    score.add_argument(
+        "--reference-size", type=POSITIVE_INTEGER, default=1000, help="runs: training data scored as the reference"
+    )
     score.add_argument(
         "--correction",
         default="auto",
@@ -276,24 +308,33 @@ def build_parser() -> argparse.ArgumentParser:
     detector.add_argument("data", help="FILE.csv (a 'label'/'y' column is ignored) or FILE.npz (array X or x)")
     detector.add_argument("--out", required=True, help="folder for detector.pt")
     detector.add_argument("--split", default="all", choices=["train", "test", "all"], help="rows to fit on")
-    detector.add_argument("--contamination", type=float, default=0.1, help="expected fraction of outliers")
+    detector.add_argument("--contamination", type=CONTAMINATION, default=0.1, help="expected fraction of outliers")
     detector.add_argument(
-        "--members", type=int, default=DETECTOR_DEFAULTS["members"], help="VAEs (seeds) whose log p(x) is averaged"
+        "--members",
+        type=POSITIVE_INTEGER,
+        default=DETECTOR_DEFAULTS["members"],
+        help="VAEs (seeds) whose log p(x) is averaged",
     )
     detector.add_argument(
-        "--steps", type=int, default=DETECTOR_DEFAULTS["steps"], help="minibatch steps each member trains for"
+        "--steps",
+        type=POSITIVE_INTEGER,
+        default=DETECTOR_DEFAULTS["steps"],
+        help="minibatch steps each member trains for",
     )
     detector.add_argument(
         "--trim",
-        type=float,
+        type=FRACTION,
         default=DETECTOR_DEFAULTS["trim"],
         help="fraction of rows with the lowest log p(x) left out of each member's second half of training",
     )
-    detector.add_argument("--epochs", type=int, help="passes over the data, instead of --steps")
+    detector.add_argument("--epochs", type=POSITIVE_INTEGER, help="passes over the data, instead of --steps")
     detector.add_argument(
-        "--num-samples", type=int, default=DETECTOR_DEFAULTS["num_samples"], help="importance samples K per row"
+        "--num-samples",
+        type=POSITIVE_INTEGER,
+        default=DETECTOR_DEFAULTS["num_samples"],
+        help="importance samples K per row",
     )
-    detector.add_argument("--seed", type=int, default=0, help="seeds the networks, training and scoring")
+    detector.add_argument("--seed", type=SEED, default=0, help="seeds the networks, training and scoring")
     detector.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     detector.add_argument("--overwrite", action="store_true", help="replace a detector already in --out")
     detector.add_argument("--quiet", action="store_true", help="no progress bar")

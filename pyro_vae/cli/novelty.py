@@ -175,7 +175,7 @@ def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels:
     typicality test its held-out validation images."""
     correction = correction_of(run, args)
     if correction == "typicality":
-        test = TypicalityTest(run.model, run.guide).fit(held_out_images(run, args.reference_size))
+        test = TypicalityTest(run.model, run.guide, progress=None).fit(held_out_images(run, args.reference_size))
         reference = np.sort(test.reference_)
         rows = _ranked(score_table(run.model, run.guide, x, labels, args.num_samples), test.score(x))
     else:
