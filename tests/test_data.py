@@ -132,3 +132,13 @@ def test_a_folder_of_images_with_class_subfolders(tmp_path):
         load_dataset(f"images:{tmp_path}")
     with pytest.raises(FileNotFoundError, match="not found"):
         load_dataset(f"images:{tmp_path / 'missing'}")
+
+
+def test_all_of_a_file_comes_in_the_files_order_and_each_split_knows_its_rows(tmp_path):
+    path = tmp_path / "numbered.csv"
+    path.write_text("\n".join(f"{row},{row % 3}" for row in range(50)) + "\n")
+    data = load_dataset(f"csv:{path}")
+    assert torch.equal(data.select("all")[0][:, 0], torch.arange(50.0))
+    for split in ("train", "test"):
+        assert torch.equal(data.select(split)[0][:, 0], torch.as_tensor(data.rows(split), dtype=torch.float32))
+    assert sorted([*data.rows("train"), *data.rows("test")]) == list(range(50))
