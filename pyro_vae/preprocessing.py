@@ -56,6 +56,26 @@ class Preprocessor:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Preprocessor:
+        """The preprocessor :meth:`state_dict` describes; :class:`ValueError` names what a
+        malformed state lacks or holds wrongly."""
+        _check_state(state)
         preprocessor = cls(state["method"], state["binarize"])
         preprocessor.offset, preprocessor.scale = state["offset"], state["scale"]
         return preprocessor
+
+
+def _check_state(state: object) -> None:
+    """Refuse a preprocessing state that :meth:`Preprocessor.state_dict` did not write."""
+    if not isinstance(state, dict):
+        raise ValueError(f"the stored preprocessing is a {type(state).__name__}, not a dict")
+    missing = sorted({"method", "binarize", "offset", "scale"} - set(state))
+    if missing:
+        raise ValueError(f"the stored preprocessing lacks {missing}")
+    binarize = state["binarize"]
+    if binarize is not None and (not isinstance(binarize, int | float) or isinstance(binarize, bool)):
+        raise ValueError(f"the stored preprocessing's binarize is {binarize!r}, not a number or None")
+    offset, scale = state["offset"], state["scale"]
+    if not (isinstance(offset, torch.Tensor) and isinstance(scale, torch.Tensor) and offset.shape == scale.shape):
+        raise ValueError("the stored preprocessing's offset and scale are not tensors of one shape")
+    if not (offset.isfinite().all() and scale.isfinite().all() and (scale > 0).all()):
+        raise ValueError("the stored preprocessing's offset or scale holds NaN, infinity or a non-positive scale")

@@ -84,7 +84,7 @@ def test_truncated_file(trained):
 def test_file_that_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, path)
-    with pytest.raises(ValueError, match="not a pyro_vae checkpoint"):
+    with pytest.raises(ValueError, match="not a pyro-vae checkpoint"):
         load_checkpoint(path)
 
 

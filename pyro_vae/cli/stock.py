@@ -7,15 +7,18 @@ checkpoint can be turned back into a model and guide without any Python code of 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pyro_vae.checkpoint import Checkpoint, load_checkpoint
+from pyro_vae.checkpoint import NOT_A_CHECKPOINT, Checkpoint, load_checkpoint
 from pyro_vae.device import resolve_device
 from pyro_vae.guides import AmortizedDelta, AmortizedNormal, ConditionalNormal
+from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.models import VAE, ConditionalVAE
+from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.preprocessing import Preprocessor
 
 GUIDES = {"normal": AmortizedNormal, "delta": AmortizedDelta}
@@ -81,22 +84,101 @@ class Run:
 def checkpoint_path(location: str | Path) -> Path:
     """``location`` is a run directory (holding ``checkpoint.pt``) or a checkpoint file."""
     location = Path(location)
-    return location / CHECKPOINT_NAME if location.is_dir() else location
+    if not location.is_dir():
+        return location
+    if not (location / CHECKPOINT_NAME).is_file():
+        raise FileNotFoundError(f"{location} is a directory holding no {CHECKPOINT_NAME}; {NOT_A_CHECKPOINT}")
+    return location / CHECKPOINT_NAME
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _sizes(value: object) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(map(_positive_int, value))
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[object], bool]:
+    return lambda value: isinstance(value, str) and value in choices
+
+
+def _or_none(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _x_shape(value: object) -> bool:
+    return _sizes(value) and len(value) in (1, 3)
+
+
+def _weight(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+# config key: (check, what it must be); the keys 'pyro-vae train' writes and build_pair reads
+_COMMON = {
+    "x_shape": (_x_shape, "a list of 1 (columns) or 3 (channels, height, width) positive integers"),
+    "latent_dim": (_positive_int, "a positive integer"),
+    "hidden": (_sizes, "a non-empty list of positive integers"),
+    "arch": (_one_of(ARCHITECTURES), f"one of {list(ARCHITECTURES)}"),
+    "likelihood": (_one_of(LIKELIHOODS), f"one of {sorted(LIKELIHOODS)}"),
+}
+_UNCONDITIONAL = {"guide": (_one_of(GUIDES), f"one of {sorted(GUIDES)}")}
+_CONDITIONAL = {"num_classes": (_positive_int, "a positive integer")}
+_OPTIONAL = {
+    "conditional": (lambda value: isinstance(value, bool), "true or false"),
+    "likelihood_options": (lambda value: isinstance(value, dict), "an object of option names and values"),
+    "embedding_dim": (_or_none(_positive_int), "a positive integer or null"),
+    "classifier_arch": (_or_none(_one_of(ARCHITECTURES)), f"one of {list(ARCHITECTURES)} or null"),
+    "classifier_hidden": (_or_none(_sizes), "a non-empty list of positive integers or null"),
+    "alpha": (_weight, "a non-negative number"),
+}
+_NOT_FROM_TRAIN = "it was not written by this version of 'pyro-vae train', or was edited; retrain the model"
+
+
+def check_config(config: dict, path: Path) -> None:
+    """Refuse a stock configuration with a missing or mistyped key, naming the key."""
+    rules = _COMMON | (_CONDITIONAL if config.get("conditional") else _UNCONDITIONAL)
+    for key, (check, expected) in (_OPTIONAL | rules).items():
+        if key in config and not check(config[key]):
+            shown = repr(config[key])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise ValueError(f"{path}: config key {key!r} is {shown}, expected {expected}; {_NOT_FROM_TRAIN}")
+    missing = sorted(set(rules) - set(config))
+    if missing:
+        raise ValueError(f"{path}: its config lacks {missing}; {_NOT_FROM_TRAIN}")
+
+
+def _stock_pair(checkpoint: Checkpoint) -> tuple[Model, Guide]:
+    """The stock pair the checkpoint's config describes, with the checkpoint's parameters."""
+    check_config(checkpoint.config, checkpoint.path)
+    try:
+        model, guide = build_pair(checkpoint.config)
+    except Exception as error:  # a combination the key checks let through: the config is not a stock one
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ValueError(f"{checkpoint.path}: its config builds no model ({reason}); {_NOT_FROM_TRAIN}") from error
+    try:
+        checkpoint.load_into(model, guide)
+    except ValueError as error:
+        raise ValueError(f"{error}\nits config does not fit its weights; {_NOT_FROM_TRAIN}") from None
+    return model, guide
 
 
 def load_run(location: str | Path, device: str = "cpu") -> Run:
-    """Rebuild the stock model and guide of a run and load their trained parameters."""
+    """Rebuild the stock model and guide of a run and load their trained parameters.
+
+    Raises :class:`FileNotFoundError` or :class:`ValueError` naming the file, what is wrong with
+    it and what to do, for anything but a run directory or checkpoint written by ``pyro-vae train``."""
     path = checkpoint_path(location)
     torch_device = resolve_device(device)
     checkpoint = load_checkpoint(path, map_location=torch_device)
-    try:
-        model, guide = build_pair(checkpoint.config)
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{path} does not describe a stock pyro_vae model (config lacks {error})") from None
-    checkpoint.load_into(model, guide)
+    model, guide = _stock_pair(checkpoint)
     model.to(torch_device).eval()
     guide.to(torch_device).eval()
     if checkpoint.preprocessing is None:
         raise ValueError(f"{path} stores no preprocessing; it was not written by 'pyro-vae train'")
-    preprocessor = Preprocessor.from_state_dict(checkpoint.preprocessing)
+    try:
+        preprocessor = Preprocessor.from_state_dict(checkpoint.preprocessing)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}; {_NOT_FROM_TRAIN}") from None
     return Run(model, guide, checkpoint, preprocessor, torch_device, path.parent)
