@@ -50,6 +50,7 @@ LOSSES: dict[str, type] = {
     "enum": TraceEnum_ELBO,
 }
 MAX_ROLLBACKS = 3
+DIVERGENCE_FACTOR = 100.0
 REMEDIES = "lower the learning rate (lr), clip the gradients (clip_norm) or warm up the KL term (warmup_epochs)"
 ROLLBACK_OPTION = "or let fit roll back and go on with on_nonfinite='rollback' (pyro-vae train --on-nonfinite rollback)"
 ROLLBACK_LR_FACTOR = 0.5
@@ -504,7 +505,9 @@ def fit(
         parameters of that epoch first. An interrupted-then-resumed run on CPU matches an
         uninterrupted one.
     :param str on_nonfinite: what a non-finite loss (or a step with a non-finite gradient, which
-        makes the next loss non-finite) does: ``"raise"`` stops with :class:`FloatingPointError`
+        makes the next loss non-finite) or a divergence (an epoch's objective per datum more than
+        :data:`DIVERGENCE_FACTOR` times its magnitude below the best epoch's, once the KL warm-up
+        is over) does: ``"raise"`` stops with :class:`FloatingPointError`
         naming the epoch and step; ``"rollback"`` restores the parameters and optimizer state of
         the last completed epoch, halves the learning rate and repeats the epoch, up to
         :data:`MAX_ROLLBACKS` times in a run (``History.rollbacks`` counts them).
@@ -653,6 +656,7 @@ class _Run:
         while True:
             try:
                 train_elbo = _train_epoch(self.svi, self._batches(), self.size, schedule, self.parameters)
+                _check_divergence(train_elbo, epoch, self.history, self.options.warmup_epochs)
                 break
             except FloatingPointError as fault:
                 if last_good is None:
@@ -804,6 +808,22 @@ def _train_epoch(
     if broken:  # the epoch's last step can break the parameters and still report a finite loss
         raise FloatingPointError(f"parameters {broken[:3]} became non-finite in epoch {schedule.epoch}")
     return -total / (size * steps)
+
+
+def _check_divergence(train_elbo: float, epoch: int, history: History, warmup_epochs: float) -> None:
+    """Raise :class:`FloatingPointError` when the epoch's objective per datum fell by orders of
+    magnitude: more than :data:`DIVERGENCE_FACTOR` times ``max(|best|, 1)`` below the best earlier
+    epoch's. Only epochs after the KL warm-up are compared (the objective changes with β)."""
+    pairs = zip(history.epoch, history.train_elbo, strict=True)
+    after_warmup = [(value, past) for past, value in pairs if past - 1 >= warmup_epochs]
+    if epoch - 1 < warmup_epochs or not after_warmup:
+        return
+    best, best_epoch = max(after_warmup)
+    if train_elbo < best - DIVERGENCE_FACTOR * max(abs(best), 1.0):
+        raise FloatingPointError(
+            f"training diverged: the objective per datum fell to {train_elbo:.4g} in epoch {epoch}, "
+            f"from {best:.4g} in epoch {best_epoch}"
+        )
 
 
 class _LastGood:

@@ -6,6 +6,8 @@ tables, data indices for images) and the fix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 SHOWN = 5  # at most this many row/column indices in a message
@@ -15,20 +17,28 @@ def _indices(mask: torch.Tensor) -> list[int]:
     return mask.nonzero().squeeze(1)[:SHOWN].tolist()
 
 
-def check_data(x: torch.Tensor, name: str = "x") -> None:
-    """``x`` is a non-empty floating-point tensor of finite values, one datum per row."""
+def check_data(x: torch.Tensor, name: str = "x", row_numbers: Sequence[int] | None = None) -> None:
+    """``x`` is a non-empty floating-point tensor of finite values, one datum per row.
+    ``row_numbers`` are the numbers by which the caller knows the rows (e.g. their rows in a file,
+    counted from 0), used in the message; by default, their positions in ``x``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[0] == 0:
         raise ValueError(f"{name} holds no data (shape {tuple(x.shape)})")
+    if x.is_complex():
+        raise TypeError(
+            f"{name} holds complex values ({x.dtype}), whose imaginary parts would be lost; pass the real and "
+            f"imaginary parts as separate features (torch.view_as_real({name}))"
+        )
     if not x.is_floating_point():
         raise TypeError(f"{name} must hold floating-point values, got {x.dtype}; convert it with {name}.float()")
     finite = torch.isfinite(x)
     if finite.all():
         return
     bad = ~finite.reshape(x.shape[0], -1)
-    rows = _indices(bad.any(1))
-    where = f"rows {rows}" + (f" and columns {_indices(bad.any(0))}" if x.dim() == 2 else "")
+    positions = bad.any(1).nonzero().squeeze(1).tolist()
+    rows = sorted(positions if row_numbers is None else (int(row_numbers[row]) for row in positions))[:SHOWN]
+    where = f"rows {rows}" + (f" and columns {_indices(bad.any(0))}" if x.dim() == 2 else "") + " (counting from 0)"
     raise ValueError(
         f"{name} holds {int(bad.sum())} NaN or infinite values, e.g. at {where}; impute or drop them first"
     )

@@ -761,3 +761,50 @@ def test_bound_methods_train_on_the_gpu():
     history = pyro_vae.fit(owner.model, owner.guide, torch.randn(40, 4), epochs=2, device="cuda", progress=False)
     assert all(parameter.is_cuda for parameter in owner.parameters())
     assert all(map(math.isfinite, history.val_elbo))
+
+
+def exploding(model, after_epoch: int, steps: int = 6, factor: float = 1e6):
+    """``model``, and an ``on_epoch_end`` callback: the ``steps`` training steps after epoch
+    ``after_epoch`` weigh the log density ``factor`` times (a finite loss, orders of magnitude worse)."""
+    armed = [0]
+
+    def exploding_model(x, y=None, size=None):
+        if armed[0] > 0 and torch.is_grad_enabled():
+            armed[0] -= 1
+            with poutine.scale(scale=factor):
+                return model(x, y=y, size=size)
+        return model(x, y=y, size=size)
+
+    def arm(state) -> None:
+        if state.epoch == after_epoch:
+            armed[0] = steps
+
+    return exploding_model, arm
+
+
+def test_a_diverging_run_stops_with_a_numerical_fault(digits):
+    """Epoch 3's objective is 10⁶ times worse but finite: that is divergence, not success."""
+    model, guide = stock_pair(likelihood="bernoulli")  # a negative ELBO, which the factor makes worse
+    model, arm = exploding(model, after_epoch=2)
+    binary = (digits.train_x > 0.5).float()
+    with pytest.raises(FloatingPointError, match=r"diverged.*epoch 3.*clip_norm"):
+        pyro_vae.fit(model, guide, binary, epochs=4, batch_size=256, on_epoch_end=arm)
+
+
+def test_a_diverging_epoch_rolls_back_when_asked(digits):
+    model, guide = stock_pair(likelihood="bernoulli")
+    model, arm = exploding(model, after_epoch=2)
+    binary = (digits.train_x > 0.5).float()
+    with pytest.warns(RuntimeWarning, match="diverged.*rolled back"):
+        history = pyro_vae.fit(
+            model, guide, binary, epochs=4, batch_size=256, on_epoch_end=arm, on_nonfinite="rollback"
+        )
+    assert history.rollbacks == 1 and history.epoch == [1, 2, 3, 4]
+    assert max(history.train_elbo) - min(history.train_elbo) < 1000  # the bad epoch was repeated, not kept
+
+
+def test_kl_warm_up_is_not_taken_for_divergence(digits):
+    """With β rising to 500 over 2 epochs the objective falls far below its β = 0 start: not a fault."""
+    model, guide = stock_pair()
+    history = pyro_vae.fit(model, guide, digits.train_x, epochs=4, batch_size=256, beta=500.0, warmup_epochs=2)
+    assert history.epoch == [1, 2, 3, 4]

@@ -74,8 +74,21 @@ def test_data_outside_the_likelihoods_support_get_a_short_clear_error(digits):
 def test_image_data_name_the_data_indices():
     images = torch.rand(6, 1, 4, 4)
     images[4, 0, 1, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"rows \[4\];"):
+    with pytest.raises(ValueError, match=r"rows \[4\] \(counting from 0\);"):
         check_data(images)
+
+
+def test_rows_are_named_by_the_callers_numbers():
+    """A shuffled split names the rows of the file they came from, sorted."""
+    table = torch.zeros(5, 3)
+    table[[1, 4], 2] = float("-inf")
+    with pytest.raises(ValueError, match=r"rows \[3, 50\] and columns \[2\]"):
+        check_data(table, "the file", row_numbers=[7, 50, 9, 11, 3])
+
+
+def test_complex_data_are_refused_not_cut_to_their_real_part():
+    with pytest.raises(TypeError, match=r"imaginary parts would be lost.*view_as_real"):
+        check_data(torch.ones(4, 2, dtype=torch.complex64))
 
 
 @PROPERTY

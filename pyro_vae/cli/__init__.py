@@ -2,9 +2,10 @@
 ``score``, ``fit-detector`` and ``latent``.
 
 Every command prints what it wrote. Errors in the input (missing files, wrong data, a checkpoint
-of another model) end the command with a one-line message and exit status 2; a numerical fault
-in training (a non-finite loss or parameter) with exit status 3, the last epoch's checkpoint
-intact; Ctrl-C with status 130, likewise.
+of another model) end the command with a message of one or two lines and exit status 2; a
+numerical fault in training (a non-finite loss or parameter, divergence) with exit status 3, the
+last epoch's checkpoint intact; Ctrl-C with status 130 and SIGTERM with 143, likewise
+(:mod:`pyro_vae.cli.errors`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pyro_vae.cli import latent, novelty, queries, train
+from pyro_vae.cli.errors import run_command
 from pyro_vae.cli.options import (
     CONTAMINATION,
     FRACTION,
@@ -24,6 +27,7 @@ from pyro_vae.cli.options import (
     SEED,
     Bounded,
 )
+from pyro_vae.cli.run_folder import check_output
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.novelty import NoveltyDetector
@@ -61,7 +65,7 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _add_train(commands: argparse._SubParsersAction) -> None:
+def _add_train(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = commands.add_parser(
         "train",
         help="train a VAE and write a run directory",
@@ -142,12 +146,19 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=SEED, default=0, help="seeds the initial weights, minibatches and sampling")
     parser.add_argument("--out", help="run directory (default: runs/<dataset>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the files of a run already in --out (other files stay)"
+    )
     parser.add_argument(
         "--resume",
         metavar="DIR",
         help="continue the interrupted run in DIR from its last completed epoch, with the options it was started "
         "with (a checkpoint is written after every epoch); --device and --quiet may change",
+    )
+    parser.add_argument(
+        "--accept-changed-data",
+        action="store_true",
+        help="with --resume: go on although the data differ from those the run started with",
     )
     parser.add_argument(
         "--distributed",
@@ -157,6 +168,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(command=train.run)
+    return parser
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The parser of ``pyro-vae train`` alone: its defaults and value checks, for ``--resume``."""
+    return _add_train(_Parser(prog="pyro-vae").add_subparsers())
 
 
 RUN_HELP = "run directory written by 'pyro-vae train', or its checkpoint.pt"
@@ -172,10 +189,14 @@ def _add_run_command(
     return parser
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser, split: str = "test") -> None:
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help=f"data to use: {DATASETS_HELP} (default: the run's data set)")
     parser.add_argument("--data-dir", help="folder of the data files")
-    parser.add_argument("--split", default=split, choices=["train", "test", "all"])
+    parser.add_argument(
+        "--split",
+        choices=["train", "test", "all"],
+        help="part of the data (default: all of a file given with --data, in the file's order; else the test split)",
+    )
 
 
 def _add_latent(commands: argparse._SubParsersAction) -> None:
@@ -343,15 +364,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status (0, 2 for a user error, 3 for a numerical fault, 130/143
+    after Ctrl-C/SIGTERM: :mod:`pyro_vae.cli.errors`)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def command() -> int:
+        _check_outputs(args)
         return args.command(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"pyro-vae {args.command_name}: error: {error}", file=sys.stderr)
-        return 2
-    except FloatingPointError as error:
-        print(f"pyro-vae {args.command_name}: numerical fault: {error}", file=sys.stderr)
-        return 3
+
+    return run_command(f"pyro-vae {args.command_name}", command)
+
+
+FOLDER_OUTPUTS = ("train", "score", "fit-detector")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The paths a command will write, checked before it does any work."""
+    if getattr(args, "out", None):
+        check_output(Path(args.out), "--out", folder=args.command_name in FOLDER_OUTPUTS)
+    if getattr(args, "json", None):
+        check_output(Path(args.json), "--json", folder=False)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,15 @@ import torch
 
 from pyro_vae import plots
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.cli.report import conditional_score_table, novelty_report, score_name, score_table
+from pyro_vae.cli.inputs import check_shape, chosen_split, read_data
+from pyro_vae.cli.report import (
+    conditional_score_table,
+    novelty_order,
+    novelty_report,
+    rankable,
+    score_name,
+    score_table,
+)
 from pyro_vae.cli.stock import Run, checkpoint_path, load_run
 from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics import reliable_k, to_inference_data
@@ -50,7 +58,7 @@ def fit_detector(args: argparse.Namespace) -> int:
     if (out / DETECTOR_NAME).exists() and not args.overwrite:
         raise FileExistsError(f"{out / DETECTOR_NAME} exists; pass --overwrite to replace it")
     spec = data_spec(args.data)
-    x, _ = load_dataset(spec).select(args.split)
+    x, _ = read_data(spec, None, args.split)
     if x.dim() != 2:
         raise ValueError(f"fit-detector takes a table (rows, columns); {spec} holds data shaped {tuple(x.shape)}")
     detector = NoveltyDetector(
@@ -93,7 +101,7 @@ def _ranked(rows: list[dict], scores: np.ndarray | None = None) -> list[dict]:
     """Rows with a ``score`` column (``scores`` by datum index, else log p(x)), most novel first."""
     for row in rows:
         row["score"] = float(row["log_likelihood"] if scores is None else scores[row["index"]])
-    rows = sorted(rows, key=lambda row: row["score"])
+    rows = [rows[index] for index in novelty_order(np.array([row["score"] for row in rows]))]
     for rank, row in enumerate(rows):
         row["rank"] = rank + 1
     return rows
@@ -102,9 +110,10 @@ def _ranked(rows: list[dict], scores: np.ndarray | None = None) -> list[dict]:
 def _annotate(rows: list[dict], reference: np.ndarray, threshold: float, num_samples: int) -> None:
     scores = np.array([row["score"] for row in rows])
     cut = reliable_k(num_samples)
-    for row, tail in zip(rows, empirical_tail_probability(reference, scores), strict=True):
+    for row, tail in zip(rows, empirical_tail_probability(reference, rankable(scores)), strict=True):
         row["tail_probability"] = float(tail)
-        row["novel"] = int(row["score"] < threshold)
+        row["novel"] = int(not row["score"] >= threshold)  # a score that is not a number is novel
+        row["unscorable"] = int(not np.isfinite(row["score"]))
         if "pareto_k" in row:
             row["unreliable"] = int(row["pareto_k"] > cut)
 
@@ -140,7 +149,8 @@ def _run_rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, correction
     if run.conditional:
         if correction != "none":
             raise ValueError(f"--correction {correction} works with unconditional runs only; pass --correction none")
-        rows = conditional_score_table(run.model, run.guide, x, labels, run.config["num_classes"], args.num_samples)[0]
+        classes = run.config["num_classes"]
+        rows = conditional_score_table(run.model, run.guide, x.float(), labels, classes, args.num_samples)[0]
         return _ranked(rows)
     rows = score_table(run.model, run.guide, x, labels, args.num_samples)
     if correction == "none":
@@ -153,7 +163,7 @@ def _run_rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, correction
     log_px[[row["index"] for row in rows]] = [row["log_likelihood"] for row in rows]
     if correction == "complexity":
         return _ranked(rows, complexity_corrected(log_px, x))
-    return _ranked(rows, -likelihood_regret(run.model, run.guide, x, progress=None).cpu().numpy())
+    return _ranked(rows, -likelihood_regret(run.model, run.guide, x.float(), progress=None).cpu().numpy())
 
 
 def held_out_images(run: Run, size: int) -> torch.Tensor:
@@ -177,7 +187,7 @@ def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels:
     if correction == "typicality":
         test = TypicalityTest(run.model, run.guide, progress=None).fit(held_out_images(run, args.reference_size))
         reference = np.sort(test.reference_)
-        rows = _ranked(score_table(run.model, run.guide, x, labels, args.num_samples), test.score(x))
+        rows = _ranked(score_table(run.model, run.guide, x, labels, args.num_samples), test.score(x.float()))
     else:
         train = load_dataset(run.config["dataset"], run.config.get("data_dir")).train_x
         subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.reference_size]
@@ -200,8 +210,8 @@ def _load_data(args: argparse.Namespace, default_spec: str | None, default_dir: 
     if args.data is None and default_spec is None:
         raise ValueError("a detector has no data set of its own; pass the data to score with --data FILE.csv|FILE.npz")
     spec = data_spec(args.data) if args.data else default_spec
-    split = args.split or ("all" if args.data and ":" in spec else "test")
-    x, labels = load_dataset(spec, args.data_dir if args.data else (args.data_dir or default_dir)).select(split)
+    split = chosen_split(args.split, spec, args.data is not None)
+    x, labels = read_data(spec, args.data_dir if args.data else (args.data_dir or default_dir), split)
     return x, labels, spec, split
 
 
@@ -219,7 +229,8 @@ def score(args: argparse.Namespace) -> int:
     else:
         run = load_run(args.run, args.device)
         x, labels, spec, split = _load_data(args, run.config["dataset"], run.config.get("data_dir"))
-        x = run.preprocessor.transform(x).to(run.device)
+        check_shape(x, run.config["x_shape"], spec)
+        x = run.preprocessor.transform(x.double()).to(run.device)  # float64 keeps extreme values finite
         run.model.likelihood.check_support(x)
         scored = _score_with_run(run, args, x, labels)
         out = Path(args.out) if args.out else run.directory
@@ -257,10 +268,13 @@ def _write_report(
     )
     novel = _binary_labels(labels)
     flagged = int(sum(row["novel"] for row in scored.rows))
-    metrics = {"count": len(scores), "threshold": scored.threshold, "flagged": flagged}
+    unscorable = int((~np.isfinite(scores)).sum())
+    metrics = {"count": len(scores), "threshold": scored.threshold, "flagged": flagged, "unscorable": unscorable}
     if novel is not None:
         order = [row["index"] for row in scored.rows]
-        path, metrics["auroc"] = plots.roc_curve(novel[order], -scores, out / f"{stem}_roc.png", f"{name}: ROC")
+        path, metrics["auroc"] = plots.roc_curve(
+            novel[order], -rankable(scores), out / f"{stem}_roc.png", f"{name}: ROC"
+        )
         written.append(path)
     elif labels is not None:
         print("labels are not 0/1 (1 = novel), so no ROC curve is drawn")
@@ -282,6 +296,8 @@ def _print_summary(scored: Scored, metrics: dict, name: str) -> None:
         f"{name}: {metrics['flagged']} of {metrics['count']} flagged as novel "
         f"({scored.score} < {scored.threshold:.3f}, the training data's threshold)"
     )
+    if metrics["unscorable"]:
+        print(f"  {metrics['unscorable']} could not be scored (no finite {scored.score}): ranked most novel, flagged")
     if "unreliable" in metrics:
         cut = reliable_k(scored.num_samples)
         count = metrics["unreliable"]
@@ -291,6 +307,6 @@ def _print_summary(scored: Scored, metrics: dict, name: str) -> None:
     print(f"most novel (lowest {scored.score}, nats):")
     for row in scored.rows[:5]:
         print(
-            f"  #{row['index']:<6d} label {row['label']!s:>3}  {scored.score} {row['score']:10.3f}  "
+            f"  #{row['index']:<6d} label {row['label']!s:>3}  {scored.score} {row['score']:10.4g}  "
             f"tail p {row['tail_probability']:.4f}"
         )

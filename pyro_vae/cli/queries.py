@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import plots
+from pyro_vae.cli.inputs import check_shape, chosen_split, read_data
 from pyro_vae.cli.report import (
     class_grid,
     conditional_score_table,
@@ -18,14 +19,15 @@ from pyro_vae.cli.report import (
     style_transfer,
 )
 from pyro_vae.cli.stock import Run, load_run
-from pyro_vae.data import load_dataset
 
 
 def data_of_run(run: Run, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """The requested split of ``--data`` (default: the run's own data set), preprocessed as in training."""
     spec = args.data or run.config["dataset"]
     data_dir = args.data_dir if args.data else (args.data_dir or run.config.get("data_dir"))
-    x, y = load_dataset(spec, data_dir).select(args.split)
+    args.split = chosen_split(args.split, spec, args.data is not None)  # shown in titles and results
+    x, y = read_data(spec, data_dir, args.split)
+    check_shape(x, run.config["x_shape"], spec)
     x = run.preprocessor.transform(x).to(run.device)
     run.model.likelihood.check_support(x)
     return x, y, spec

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +24,54 @@ def score_name(config: dict) -> str:
     return "log p(x, ẑ)" if config.get("guide") == "delta" else "log p(x)"
 
 
+def novelty_order(scores: np.ndarray) -> np.ndarray:
+    """Indices from most to least novel (lowest score first); a score that is not a number (NaN)
+    counts as the most novel of all, never the least."""
+    return np.argsort(np.where(np.isnan(scores), -np.inf, scores), kind="stable")
+
+
+def rankable(scores: np.ndarray) -> np.ndarray:
+    """``scores`` with the non-finite ones (NaN, ±inf: data that could not be scored) put just
+    below the lowest finite score, as the most novel, for rank-based measures such as the AUROC."""
+    finite = scores[np.isfinite(scores)]
+    lowest = finite.min() - 1.0 if finite.size else 0.0
+    return np.where(np.isfinite(scores), scores, lowest)
+
+
+def _scores(model, guide, x: torch.Tensor, num_samples: int, progress: bool | None) -> np.ndarray:
+    """Rows of log p(x), its Pareto-k̂ and the ELBO, one per datum."""
+    scores = importance_scores(model, guide, x, num_samples=num_samples, progress=progress)
+    elbos = elbo(model, guide, x, num_samples=1).cpu().numpy()
+    return np.stack([scores.log_likelihood, scores.pareto_k, elbos], axis=1).astype(np.float64)
+
+
+def _per_datum_scores(model, guide, x: torch.Tensor, num_samples: int, progress: bool | None) -> np.ndarray:
+    """:func:`_scores` of a float32 pair; data whose float32 scores are not finite (finite values
+    near float32's limit, whose squares overflow) are scored again in float64, by copies of the
+    pair, from ``x`` as given (pass float64 data to keep values beyond float32's range)."""
+    low = x.float()
+    fits = torch.isfinite(low.flatten(1)).all(1).cpu().numpy()
+    table = np.full((len(x), 3), np.nan)
+    if fits.any():
+        with warnings.catch_warnings():  # an overflow here is expected, and handled below
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            table[fits] = _scores(model, guide, low[torch.from_numpy(fits).to(x.device)], num_samples, progress)
+    again = ~np.isfinite(table[:, [0, 2]]).all(1)
+    if again.any():
+        double = [copy.deepcopy(part).double() for part in (model, guide)]
+        table[again] = _scores(*double, x[torch.from_numpy(again).to(x.device)].double(), num_samples, None)
+    return table
+
+
 def score_table(
     model, guide, x: torch.Tensor, labels: torch.Tensor | None, num_samples: int, progress: bool | None = None
 ) -> list[dict[str, float | int | str]]:
     """Per-datum ELBO and importance-sampled log p(x) with the Pareto-k̂ of its weights, most
-    novel (lowest log p(x)) first."""
-    scores = importance_scores(model, guide, x, num_samples=num_samples, progress=progress)
-    log_px, pareto_k = scores.log_likelihood, scores.pareto_k
-    elbos = elbo(model, guide, x, num_samples=1).cpu().numpy()
-    order = np.argsort(log_px, kind="stable")
+    novel (lowest log p(x)) first. Every finite datum gets a finite score where float64 allows
+    (:func:`_per_datum_scores`); a datum that still cannot be scored ranks as the most novel."""
+    table = _per_datum_scores(model, guide, x, num_samples, progress)
+    log_px, pareto_k, elbos = table.T
+    order = novelty_order(log_px)
     return [
         {
             "rank": rank + 1,
@@ -106,7 +147,7 @@ def conditional_score_table(
     predicted = scores.predict().cpu().numpy()
     given = None if labels is None else [value.cpu().numpy() for value in scores.claimed(labels.to(x.device))]
     rows = []
-    for rank, index in enumerate(np.argsort(log_px, kind="stable")):
+    for rank, index in enumerate(novelty_order(log_px)):
         row = {
             "rank": rank + 1,
             "index": int(index),

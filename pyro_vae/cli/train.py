@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 from pyro_vae import distributed as parallel
 from pyro_vae import plots
 from pyro_vae.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from pyro_vae.cli.errors import interrupted_status, interruption_name
+from pyro_vae.cli.inputs import check_splits
 from pyro_vae.cli.report import (
     class_grid,
     conditional_score_table,
@@ -24,13 +27,13 @@ from pyro_vae.cli.report import (
     score_table,
     style_transfer,
 )
-from pyro_vae.cli.stock import CHECKPOINT_NAME, Guide, Model, build_pair, checkpoint_path
+from pyro_vae.cli.run_folder import RunLock, check_new_run, check_writable, data_fingerprint
+from pyro_vae.cli.stock import CHECKPOINT_NAME, Guide, Model, build_pair, check_config, checkpoint_path
 from pyro_vae.data import DataSplits, hide_labels, load_dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.preprocessing import Preprocessor
 from pyro_vae.resume import TrainingState
 from pyro_vae.training import AUTO, History, fit
-from pyro_vae.validation import check_data
 
 
 def _is_binary(x: torch.Tensor) -> bool:
@@ -72,14 +75,16 @@ def _default_hidden(arch: str, data: DataSplits) -> list[int]:
     return [256, 128] if data.train_x[0].numel() <= 256 else [512, 256]
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if (out / CHECKPOINT_NAME).exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a trained run; pass --overwrite to replace it, or choose --out")
+def _fingerprint(data: DataSplits) -> str:
+    """The digest of the data as read, before preprocessing (which ``--resume`` takes from the
+    checkpoint)."""
+    return data_fingerprint(data.train_x, data.train_y, data.test_x, data.test_y)
 
 
 def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict:
     config = {
         "dataset": args.dataset,
+        "data_fingerprint": _fingerprint(data),
         "data_dir": None if args.data_dir is None else str(args.data_dir),
         "x_shape": list(data.x_shape),
         "latent_dim": args.latent_dim,
@@ -105,22 +110,71 @@ def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict
     return config
 
 
+EDITED = "the file was edited or damaged: start a new run"
+RESUME_OPTIONS = ("resume", "device", "quiet", "accept_changed_data", "command", "command_name")
+
+
 def _resumed(args: argparse.Namespace) -> tuple[argparse.Namespace, Checkpoint]:
     """The arguments a run was started with, and its last checkpoint, for ``--resume DIR``."""
     checkpoint = load_checkpoint(checkpoint_path(args.resume))
     if checkpoint.training is None or "arguments" not in checkpoint.config:
         raise ValueError(f"{args.resume} holds no training state to resume from (written by an older pyro-vae?)")
-    from pyro_vae.cli import build_parser  # the defaults fill options newer than the checkpoint
+    check_config(checkpoint.config, checkpoint.path)
+    from pyro_vae.cli import train_parser  # the defaults fill options newer than the checkpoint
 
-    defaults = vars(build_parser().parse_args(["train"]))
-    stored = defaults | checkpoint.config["arguments"] | {"quiet": args.quiet, "device": args.device}
+    parser = train_parser()
+    _check_stored_arguments(parser, checkpoint)
+    defaults = vars(parser.parse_args([]))
+    changed = [key for key, value in vars(args).items() if key not in RESUME_OPTIONS and value != defaults[key]]
+    if changed:
+        shown = ", ".join("--" + key.replace("_", "-") for key in changed)
+        raise ValueError(
+            f"{shown} cannot be given with --resume: the run goes on with the options it started with "
+            "(only --device, --quiet and --accept-changed-data may change); start a new run with --out instead"
+        )
+    live = {"quiet": args.quiet, "device": args.device, "accept_changed_data": args.accept_changed_data}
+    stored = defaults | checkpoint.config["arguments"] | live
     stored["resume"] = args.resume
     return argparse.Namespace(**stored), checkpoint
 
 
+def _check_stored_arguments(parser: argparse.ArgumentParser, checkpoint: Checkpoint) -> None:
+    """The options stored in the checkpoint pass the checks the command line applies to them."""
+    stored = checkpoint.config["arguments"]
+    if not isinstance(stored, dict):
+        raise ValueError(f"{checkpoint.path} stores its options as {type(stored).__name__}, not a mapping; {EDITED}")
+    for action in parser._actions:  # argparse lists its options nowhere else
+        value = stored.get(action.dest)
+        if value is None:
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        try:
+            valid = (action.type is None or action.type(text) is not None) and (
+                action.choices is None or value in action.choices
+            )
+        except (argparse.ArgumentTypeError, ValueError, TypeError):
+            valid = False
+        if not valid:
+            raise ValueError(
+                f"{checkpoint.path} stores {action.option_strings[0]} {value!r}, not a valid value; {EDITED}"
+            )
+
+
+def _check_same_data(args: argparse.Namespace, checkpoint: Checkpoint, data: DataSplits) -> None:
+    """``--resume`` goes on with the data the run started with, unless ``--accept-changed-data``."""
+    stored = checkpoint.config.get("data_fingerprint")
+    if stored is None or args.accept_changed_data or stored == _fingerprint(data):
+        return
+    raise ValueError(
+        f"the data of {args.dataset} changed since {checkpoint.path.parent} started (its fingerprint differs); "
+        "pass --accept-changed-data to go on training on the new data, or start a new run with --out"
+    )
+
+
 def _arguments(args: argparse.Namespace) -> dict:
     """The command-line arguments as plain data, stored so that ``--resume`` can repeat them."""
-    return {key: value for key, value in vars(args).items() if key not in ("command", "command_name", "resume")}
+    per_call = ("command", "command_name", "resume", "accept_changed_data")
+    return {key: value for key, value in vars(args).items() if key not in per_call}
 
 
 def _check_launch(args: argparse.Namespace) -> None:
@@ -144,9 +198,10 @@ def _launch(args: argparse.Namespace) -> torch.device:
 
 
 def _new_out_dir(args: argparse.Namespace) -> Path:
-    """``--out`` (default ``runs/<dataset>``), refused if it holds a run and ``--overwrite`` is not given."""
+    """``--out`` (default ``runs/<dataset>``), refused if it holds a run's files and ``--overwrite``
+    is not given."""
     out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}")
-    _check_out_dir(out, args.overwrite)
+    check_new_run(out, args.overwrite)
     return out
 
 
@@ -154,8 +209,7 @@ def _checked_data(args: argparse.Namespace) -> DataSplits:
     """The data set, downloaded once when several processes start together, its splits checked."""
     with parallel.rank_zero_first():
         data = load_dataset(args.dataset, args.data_dir, args.download)
-    check_data(data.train_x, f"{args.dataset} training data")
-    check_data(data.test_x, f"{args.dataset} test data")
+    check_splits(data, args.dataset)
     return data
 
 
@@ -189,17 +243,24 @@ class TrainingRun:
         for ``--resume``, load the checkpoint's parameters and training state."""
         args, checkpoint = _resumed(args) if args.resume else (args, None)
         out = _new_out_dir(args) if checkpoint is None else checkpoint.path.parent
-        run = cls._build(args, out, _launch(args))
+        run = cls._build(args, out, _launch(args), checkpoint)
         if checkpoint is not None:
             run.continue_from(checkpoint)
         return run
 
     @classmethod
-    def _build(cls, args: argparse.Namespace, out: Path, device: torch.device) -> TrainingRun:
-        """The data, preprocessed, and the model and guide seeded with ``--seed``."""
+    def _build(
+        cls, args: argparse.Namespace, out: Path, device: torch.device, checkpoint: Checkpoint | None
+    ) -> TrainingRun:
+        """The data, preprocessed, and the model and guide seeded with ``--seed``; resuming
+        ``checkpoint``, the data must be those it started with, preprocessed as it stored."""
         data = _checked_data(args)
         likelihood = choose_likelihood(args.likelihood, data)
-        preprocessor = choose_preprocessor(likelihood, data)
+        if checkpoint is None:
+            preprocessor = choose_preprocessor(likelihood, data)
+        else:
+            _check_same_data(args, checkpoint, data)
+            preprocessor = Preprocessor.from_state_dict(checkpoint.preprocessing)
         train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
         config = _config(args, data, likelihood) | {"arguments": _arguments(args)}
         pyro.set_rng_seed(args.seed)
@@ -275,10 +336,16 @@ class TrainingRun:
         if self.writer:
             self.save_checkpoint(state.to_dict())
 
+    def check_out(self) -> None:
+        """In the locked folder, before any training: still no other run's files there (another
+        process may have finished one meanwhile), writable, with room for the checkpoints."""
+        if self.resume is None:
+            check_new_run(self.out, self.args.overwrite)
+        check_writable(self.out, [self.model, self.guide])
+
     def train(self) -> History:
         """Fit the model and guide by SVI with the command line's options."""
         args = self.args
-        self.out.mkdir(parents=True, exist_ok=True)
         self.history = fit(
             self.model,
             self.guide,
@@ -412,24 +479,36 @@ class TrainingRun:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``pyro-vae train``: 0 when the run directory is written, 130 after Ctrl-C."""
+    """``pyro-vae train``: 0 when the run directory is written, 130 after Ctrl-C, 143 after
+    SIGTERM (the last completed epoch saved, the command to continue printed)."""
     training = TrainingRun.start(args)
-    if training.writer:
-        print(training.describe())
+    with RunLock(training.out) if training.writer else nullcontext():
+        if training.writer:
+            training.check_out()
+            print(training.describe())
+        return _train_and_finish(training)
+
+
+def _train_and_finish(training: TrainingRun) -> int:
     try:
         training.train()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         print(
-            f"\ninterrupted: {training.saved_so_far()}; continue with: pyro-vae train --resume {training.out}",
+            f"\n{interruption_name(interruption)}: {training.saved_so_far()}; continue with: "
+            f"pyro-vae train --resume {training.out}",
             file=sys.stderr,
         )
-        return 130
+        return interrupted_status(interruption)
     parallel.leave()  # the report needs no other process
     if not training.writer:
         return 0
     try:
         training.finish()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted while writing the report; the trained model is saved in {training.out}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        print(
+            f"\n{interruption_name(interruption)} while writing the report; the trained model is saved in "
+            f"{training.out}",
+            file=sys.stderr,
+        )
+        return interrupted_status(interruption)
     return 0
