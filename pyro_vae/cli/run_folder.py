@@ -6,8 +6,8 @@ before any work starts.
   writes (:data:`RUN_FILES`) may exist there unless ``--overwrite`` is given; other files in the
   folder are never touched;
 - :class:`RunLock`: one process at a time writes a run folder (an advisory ``fcntl`` lock on
-  the hidden file ``.pyro-vae.lock``, released by the kernel when the process ends, however it
-  ends);
+  the hidden file ``.pyro-vae.lock`` while the run writes, released by the kernel when the
+  process ends, however it ends);
 - :func:`check_writable`: the folder accepts a file and has room for the checkpoints;
 - :func:`data_fingerprint`: a digest of the data and preprocessing, stored in the checkpoint, so
   that ``--resume`` notices changed data.
@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 import torch
 
@@ -86,6 +87,23 @@ class RunLock:
         self.handle = None
 
     def __enter__(self) -> RunLock:
+        while True:  # until the file locked is the one under the lock's name
+            handle = self._locked()
+            try:
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()  # its holder removed it between our open and our lock: lock the new one
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def _locked(self) -> TextIO:
+        """The lock file, opened and locked, or :class:`FileExistsError` naming its holder."""
         import fcntl
 
         try:
@@ -105,17 +123,10 @@ class RunLock:
                 f"{self.path.parent} is being written by another pyro-vae process ({holder}); wait for it to "
                 "finish, or choose another --out"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        self.handle = handle
-        return self
+        return handle
 
     def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        # The file stays (removing it would let a process that opened it meanwhile lock a file
-        # that no longer has a name, beside a new one); emptied, it names no holder.
-        self.handle.truncate(0)
+        self.path.unlink(missing_ok=True)  # still locked: a process that opened it meanwhile retries
         self.handle.close()  # closing releases the lock
         self.handle = None
 
