@@ -103,6 +103,9 @@ EXPERIMENTS: dict[str, Experiment] = {
     "mnist_nll_normal": Experiment(
         "mnist_nll.py", ("--minutes", "60", "--threads", "1", "--prior", "normal", "--latent-dim", "50")
     ),
+    "mnist_nll_iwae": Experiment(
+        "mnist_nll.py", ("--minutes", "60", "--threads", "1", "--loss", "iwae", "--particles", "5")
+    ),
 }
 
 

@@ -384,7 +384,7 @@ def observed_site(model_trace: Trace, convention: Convention = DEFAULT, exclude:
     )
 
 
-def _plate_nesting(*traces: Trace) -> int:
+def plate_nesting(*traces: Trace) -> int:
     dims = [
         -frame.dim
         for trace in traces
@@ -469,7 +469,7 @@ def inspect_pair(
         guide=guide,
         convention=convention,
         observed_site=observed,
-        plate_nesting=_plate_nesting(model_trace, guide_trace),
+        plate_nesting=plate_nesting(model_trace, guide_trace),
         local_latents=local,
         global_latents=tuple(name for name in latents if name not in local),
         model_latents=tuple(latent_sites(model_trace)),

@@ -57,7 +57,7 @@ INSPECTED_ROWS = 128  # the rows a scoring call traces to inspect the pair
 PARTICLE_PLATE = "_num_particles_vectorized"
 
 
-def _per_datum(log_prob: torch.Tensor, particle_dim: int, data_dim: int, shape: tuple[int, int]) -> torch.Tensor:
+def per_datum(log_prob: torch.Tensor, particle_dim: int, data_dim: int, shape: tuple[int, int]) -> torch.Tensor:
     """Sum a site's log-density over every dimension except the particle and data dimensions."""
     log_prob = log_prob.reshape((1,) * max(0, -particle_dim - log_prob.dim()) + log_prob.shape)
     other_dims = [d for d in range(-log_prob.dim(), 0) if d not in (particle_dim, data_dim)]
@@ -169,7 +169,7 @@ class _Scorer:
                 # hard-coded plate size) the model or guide applies for training.
                 log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
                 term = GUIDE if is_guide else OBSERVED if site["is_observed"] else LATENT
-                sums[term] += _per_datum(log_prob, self.particle_dim, frame.dim, shape)
+                sums[term] += per_datum(log_prob, self.particle_dim, frame.dim, shape)
         return sums if terms else sums[OBSERVED] + sums[LATENT] - sums[GUIDE]
 
 

@@ -32,6 +32,7 @@ from pyro_vae import distributed as parallel
 from pyro_vae.convention import DEFAULT, Convention, missing_labels
 from pyro_vae.device import resolve_device
 from pyro_vae.fast_svi import FastSVI
+from pyro_vae.importance_weighted import DoublyReparameterizedELBO, ImportanceWeightedELBO
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.optim import JointOptim, make_optimizer
 from pyro_vae.program import Bound, Inspection, bind, inspect_pair
@@ -48,6 +49,8 @@ LOSSES: dict[str, type] = {
     "meanfield": TraceMeanField_ELBO,
     "jit": JitTrace_ELBO,
     "enum": TraceEnum_ELBO,
+    "iwae": ImportanceWeightedELBO,
+    "dreg": DoublyReparameterizedELBO,
 }
 MAX_ROLLBACKS = 3
 DIVERGENCE_FACTOR = 100.0
@@ -340,11 +343,15 @@ def _make_svi(
             traces=(inspection.model_trace, inspection.guide_trace),
             gradient_hook=hook,
         )
-    elbo = LOSSES[options.loss](
-        num_particles=options.num_particles,
-        vectorize_particles=options.vectorize_particles,
-        max_plate_nesting=inspection.plate_nesting,
-    )
+    estimator = LOSSES[options.loss]
+    if issubclass(estimator, ImportanceWeightedELBO):  # vectorized where the program allows
+        elbo = estimator(options.num_particles, inspection.plate_nesting, data_plate=inspection.convention.data_plate)
+    else:
+        elbo = estimator(
+            num_particles=options.num_particles,
+            vectorize_particles=options.vectorize_particles,
+            max_plate_nesting=inspection.plate_nesting,
+        )
     return SVI(model, guide, optim, elbo)
 
 
@@ -474,8 +481,13 @@ def fit(
         says which trained it), ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
         (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL where available), ``"jit"``
         (:class:`~pyro.infer.JitTrace_ELBO`) or ``"enum"`` (:class:`~pyro.infer.TraceEnum_ELBO`:
-        discrete sites marked for enumeration are summed out exactly).
-    :param int num_particles: ELBO particles per step.
+        discrete sites marked for enumeration are summed out exactly), ``"iwae"``
+        (:class:`~pyro_vae.importance_weighted.ImportanceWeightedELBO`: the importance-weighted
+        bound of ``num_particles`` draws per datum, Burda et al. 2016; the reported ELBOs are then
+        that bound) or ``"dreg"`` (:class:`~pyro_vae.importance_weighted.DoublyReparameterizedELBO`:
+        the same bound with the doubly reparameterized gradient, Tucker et al. 2019).
+    :param int num_particles: ELBO particles per step (importance samples per datum for
+        ``"iwae"`` and ``"dreg"``, always vectorized where the program allows).
     :param bool vectorize_particles: evaluate the particles in one vectorized pass.
     :param float beta: the KL weight β (Higgins et al. 2017), applied to every latent site of the
         model and the guide.

@@ -194,3 +194,16 @@ def test_auxiliary_terms_train_but_never_score(examples):
     trained = loss.loss(model, guide, labelled[1], labelled[0])
     pyro.set_rng_seed(1)
     assert trained != loss.loss(lambda xs, ys=None: ss.model(xs, ys), guide, labelled[1], labelled[0])
+
+
+@pytest.mark.parametrize("loss", ["iwae", "dreg"])
+def test_tutorial_vae_trains_with_the_importance_weighted_objectives(examples, loss):
+    """Pyro's own VAE (pyro.module, model(x) without size) under the per-datum IWAE bound."""
+    vae_module, _ = examples
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = vae_module.VAE(z_dim=4, hidden_dim=32)
+    x = grey_images(200, seed=2)
+    history = pyro_vae.fit(vae.model, vae.guide, x, loss=loss, num_particles=5, epochs=3, batch_size=50, seed=0)
+    assert history.estimator == {"iwae": "ImportanceWeightedELBO", "dreg": "DoublyReparameterizedELBO"}[loss]
+    assert history.train_elbo[-1] > history.train_elbo[0]
