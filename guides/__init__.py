@@ -3,5 +3,6 @@
 from pyro_vae.guides.amortized import AmortizedDelta, AmortizedNormal
 from pyro_vae.guides.auto import AutoAmortizedNormal
 from pyro_vae.guides.conditional import ConditionalNormal
+from pyro_vae.guides.hierarchical import TopDownGuide
 
-__all__ = ["AmortizedDelta", "AmortizedNormal", "AutoAmortizedNormal", "ConditionalNormal"]
+__all__ = ["AmortizedDelta", "AmortizedNormal", "AutoAmortizedNormal", "ConditionalNormal", "TopDownGuide"]

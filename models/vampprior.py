@@ -31,6 +31,30 @@ from pyro_vae.likelihoods import Likelihood
 from pyro_vae.models.vae import VAE
 
 
+def check_pseudo_inputs(pseudo_inputs: torch.Tensor, bounds: tuple[float, float] | None) -> None:
+    """Refuse initial pseudo-inputs on or outside ``bounds``: there the clip passes no gradient."""
+    if bounds is not None and not ((pseudo_inputs > bounds[0]) & (pseudo_inputs < bounds[1])).all():
+        raise ValueError(
+            f"pseudo_inputs must lie strictly inside bounds {bounds}: on or outside a bound the clip passes no "
+            "gradient; shrink them first, e.g. 0.05 + 0.9 * x for data in [0, 1]"
+        )
+
+
+def vampprior(
+    posterior: Callable[[torch.Tensor], dist.TorchDistribution],
+    pseudo_inputs: torch.Tensor,
+    bounds: tuple[float, float] | None,
+) -> DiagonalNormalMixture:
+    """(1/K) Σ_k q(z | u_k): the diagonal Normal ``posterior`` averaged over the ``pseudo_inputs``
+    u_k, clipped to ``bounds`` first (unless ``None``)."""
+    inputs = pseudo_inputs if bounds is None else pseudo_inputs.clamp(*bounds)
+    components = posterior(inputs)
+    normal = components.base_dist if isinstance(components, dist.Independent) else components
+    if not isinstance(normal, dist.Normal):
+        raise TypeError(f"the VampPrior needs a guide whose q(z | x) is a Normal, got {type(normal).__name__}")
+    return DiagonalNormalMixture(normal.loc, normal.scale)
+
+
 class VampPriorVAE(VAE):
     """:class:`~pyro_vae.models.VAE` with p(z) = (1/K) Σ_k q(z | u_k).
 
@@ -56,11 +80,7 @@ class VampPriorVAE(VAE):
         bounds: tuple[float, float] | None = None,
     ) -> None:
         super().__init__(decoder, likelihood, latent_dim)
-        if bounds is not None and not ((pseudo_inputs > bounds[0]) & (pseudo_inputs < bounds[1])).all():
-            raise ValueError(
-                f"pseudo_inputs must lie strictly inside bounds {bounds}: on or outside a bound the clip passes no "
-                "gradient; shrink them first, e.g. 0.05 + 0.9 * x for data in [0, 1]"
-            )
+        check_pseudo_inputs(pseudo_inputs, bounds)
         self.pseudo_inputs = nn.Parameter(pseudo_inputs.detach().clone())
         self.posterior = posterior
         self.bounds = bounds
@@ -83,11 +103,4 @@ class VampPriorVAE(VAE):
         return cls(stock.decoder, stock.likelihood, latent_dim, guide.posterior, pseudo_inputs, bounds)
 
     def prior(self) -> DiagonalNormalMixture:
-        inputs = self.pseudo_inputs
-        if self.bounds is not None:
-            inputs = inputs.clamp(*self.bounds)
-        components = self.posterior(inputs)
-        normal = components.base_dist if isinstance(components, dist.Independent) else components
-        if not isinstance(normal, dist.Normal):
-            raise TypeError(f"the VampPrior needs a guide whose q(z | x) is a Normal, got {type(normal).__name__}")
-        return DiagonalNormalMixture(normal.loc, normal.scale)
+        return vampprior(self.posterior, self.pseudo_inputs, self.bounds)

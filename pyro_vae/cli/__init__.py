@@ -28,12 +28,14 @@ from pyro_vae.cli.options import (
     Bounded,
 )
 from pyro_vae.cli.run_folder import check_output
+from pyro_vae.cli.stock import MODELS
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.novelty import NoveltyDetector
 from pyro_vae.training import AUTO, LOSSES
 
 DETECTOR_DEFAULTS = NoveltyDetector().get_params()
+LAYERS = Bounded(2, integer=True)
 
 DATASETS_HELP = "digits (bundled 8x8), mnist, fashion-mnist, frey, omniglot, npz:PATH, csv:PATH or images:DIR"
 
@@ -91,6 +93,16 @@ def _add_train(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--student-df", type=POSITIVE, default=4.0, help="degrees of freedom of --likelihood student-t")
     parser.add_argument("--arch", default="mlp", choices=ARCHITECTURES, help="encoder/decoder networks")
+    parser.add_argument(
+        "--model",
+        default="vae",
+        choices=MODELS,
+        help="vae: one latent layer; hierarchical: --layers stochastic layers with top-down inference (ladder VAE, "
+        "NVAE), each of --latent-dim dimensions",
+    )
+    parser.add_argument(
+        "--layers", type=LAYERS, help="with --model hierarchical: the number of stochastic layers (default 2)"
+    )
     parser.add_argument("--guide", default="normal", choices=["normal", "delta"], help="delta: plain autoencoder")
     parser.add_argument("--latent-dim", type=POSITIVE_INTEGER, default=10, help="dimension of z")
     parser.add_argument(

@@ -1,4 +1,6 @@
-"""``pyro-vae latent manifold|interpolate|traverse|scatter``: figures of a run's latent space."""
+"""``pyro-vae latent manifold|interpolate|traverse|scatter``: figures of a run's latent space, the
+space of its latent site ``"z"`` (of a hierarchical VAE, its top layer; :attr:`Run.latent_model
+<pyro_vae.cli.stock.Run.latent_model>`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import torch
 from pyro_vae import latent, plots
 from pyro_vae.cli.queries import data_of_run
 from pyro_vae.cli.stock import Run, load_run
+
+SITE = "z"  # every stock unconditional model's latent site (a hierarchical one's top layer)
 
 
 def _load(args: argparse.Namespace) -> Run:
@@ -45,7 +49,7 @@ def _manifold(run: Run, args: argparse.Namespace, out: Path) -> None:
         raise ValueError(
             f"the manifold grid needs a 2-D latent; this run has {run.config['latent_dim']} (train with --latent-dim 2)"
         )
-    images = latent.manifold_grid(run.model, args.points)
+    images = latent.manifold_grid(run.latent_model, args.points, site=SITE)
     title = (
         f"{run.config['dataset']}: decoded grid of z = Φ⁻¹(u), u on [0.05, 0.95]² (z₁ left to right, z₂ top to bottom)"
     )
@@ -58,7 +62,7 @@ def _interpolate(run: Run, args: argparse.Namespace, out: Path) -> None:
     if len(x) < 2 * args.pairs:
         raise ValueError(f"{args.pairs} pairs need {2 * args.pairs} data; {spec} {args.split} has {len(x)}")
     strips = [
-        latent.interpolate(run.model, run.guide, x[2 * i], x[2 * i + 1], args.steps, args.method)
+        latent.interpolate(run.latent_model, run.guide, x[2 * i], x[2 * i + 1], args.steps, args.method, site=SITE)
         for i in range(args.pairs)
     ]
     rows = [torch.cat([x[2 * i : 2 * i + 1], strip, x[2 * i + 1 : 2 * i + 2]]) for i, strip in enumerate(strips)]
@@ -72,7 +76,7 @@ def _traverse(run: Run, args: argparse.Namespace, out: Path) -> None:
     if not 0 <= args.index < len(x):
         raise ValueError(f"--index {args.index} is outside {spec} {args.split}, which has {len(x)} data")
     values = torch.linspace(-args.range, args.range, args.steps).tolist()
-    grid = latent.traverse(run.model, run.guide, x[args.index], values)
+    grid = latent.traverse(run.latent_model, run.guide, x[args.index], values, site=SITE)
     title = f"{spec} {args.split} #{args.index}: latent dimension d (row d) from {-args.range:g} to {args.range:g}"
     plots.image_grid(grid.reshape(-1, *grid.shape[2:]), out, title, columns=args.steps)
 
@@ -81,7 +85,12 @@ def _scatter(run: Run, args: argparse.Namespace, out: Path) -> None:
     x, labels, spec = data_of_run(run, args)
     shown = slice(0, args.num)
     latent.latent_scatter(
-        run.guide, x[shown], None if labels is None else labels[shown], out, f"{spec} {args.split}: posterior means"
+        run.guide,
+        x[shown],
+        None if labels is None else labels[shown],
+        out,
+        f"{spec} {args.split}: posterior means",
+        site=SITE,
     )
 
 

@@ -58,7 +58,7 @@ def _per_datum_scores(model, guide, x: torch.Tensor, num_samples: int, progress:
             table[fits] = _scores(model, guide, low[torch.from_numpy(fits).to(x.device)], num_samples, progress)
     again = ~np.isfinite(table[:, [0, 2]]).all(1)
     if again.any():
-        double = [copy.deepcopy(part).double() for part in (model, guide)]
+        double = [part.double() for part in copy.deepcopy((model, guide))]  # one copy: parts that share stay shared
         table[again] = _scores(*double, x[torch.from_numpy(again).to(x.device)].double(), num_samples, None)
     return table
 

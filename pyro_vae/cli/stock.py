@@ -15,18 +15,19 @@ import torch
 
 from pyro_vae.checkpoint import NOT_A_CHECKPOINT, Checkpoint, load_checkpoint
 from pyro_vae.device import resolve_device
-from pyro_vae.guides import AmortizedDelta, AmortizedNormal, ConditionalNormal
+from pyro_vae.guides import AmortizedDelta, AmortizedNormal, ConditionalNormal, TopDownGuide
 from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.models import VAE, ConditionalVAE
+from pyro_vae.models import VAE, ConditionalVAE, HierarchicalVAE
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.preprocessing import Preprocessor
 
 GUIDES = {"normal": AmortizedNormal, "delta": AmortizedDelta}
+MODELS = ("vae", "hierarchical")  # a config without "model" (an older run) is a plain VAE
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-Model = VAE | ConditionalVAE
-Guide = AmortizedNormal | AmortizedDelta | ConditionalNormal
+Model = VAE | ConditionalVAE | HierarchicalVAE
+Guide = AmortizedNormal | AmortizedDelta | ConditionalNormal | TopDownGuide
 
 
 def _build_conditional(config: dict) -> tuple[ConditionalVAE, ConditionalNormal]:
@@ -49,8 +50,25 @@ def _build_conditional(config: dict) -> tuple[ConditionalVAE, ConditionalNormal]
     return model, guide
 
 
+def _build_hierarchical(config: dict) -> tuple[HierarchicalVAE, TopDownGuide]:
+    if config.get("conditional"):
+        raise ValueError("the hierarchical VAE is unconditional; drop 'conditional' or use model 'vae'")
+    if config.get("guide") != "normal":
+        raise ValueError(
+            f"the hierarchical VAE infers its layers with its top-down Normal guide, not {config.get('guide')!r}"
+        )
+    x_shape, latent_dim, hidden, arch = config["x_shape"], config["latent_dim"], config["hidden"], config["arch"]
+    options = config.get("likelihood_options", {})
+    model = HierarchicalVAE.build(x_shape, latent_dim, hidden, arch, config["likelihood"], config["layers"], **options)
+    return model, TopDownGuide.build_for(model, x_shape, hidden, arch)
+
+
 def build_pair(config: dict) -> tuple[Model, Guide]:
-    """The stock model and guide that ``config`` describes (untrained)."""
+    """The stock model and guide that ``config`` describes (untrained): its ``"model"``, ``"vae"``
+    (the default) or ``"hierarchical"`` (with ``"layers"`` stochastic layers of ``"latent_dim"``
+    dimensions each), or the conditional VAE."""
+    if config.get("model", "vae") == "hierarchical":
+        return _build_hierarchical(config)
     if config.get("conditional"):
         return _build_conditional(config)
     if config.get("guide") not in GUIDES:
@@ -79,6 +97,13 @@ class Run:
     @property
     def conditional(self) -> bool:
         return bool(self.config.get("conditional"))
+
+    @property
+    def latent_model(self) -> Callable:
+        """The model the latent figures decode codes of site ``"z"`` with: a hierarchical model's
+        :meth:`~pyro_vae.models.HierarchicalVAE.top_model` (its top layer, the layers below at
+        their conditional means), else the model itself."""
+        return self.model.top_model if isinstance(self.model, HierarchicalVAE) else self.model
 
 
 def checkpoint_path(location: str | Path) -> Path:
@@ -111,6 +136,10 @@ def _x_shape(value: object) -> bool:
     return _sizes(value) and len(value) in (1, 3)
 
 
+def _layers(value: object) -> bool:
+    return _positive_int(value) and value >= 2
+
+
 def _weight(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
@@ -125,7 +154,9 @@ _COMMON = {
 }
 _UNCONDITIONAL = {"guide": (_one_of(GUIDES), f"one of {sorted(GUIDES)}")}
 _CONDITIONAL = {"num_classes": (_positive_int, "a positive integer")}
+_HIERARCHICAL = {"layers": (_layers, "an integer ≥ 2")}
 _OPTIONAL = {
+    "model": (_one_of(MODELS), f"one of {list(MODELS)}"),
     "conditional": (lambda value: isinstance(value, bool), "true or false"),
     "likelihood_options": (lambda value: isinstance(value, dict), "an object of option names and values"),
     "embedding_dim": (_or_none(_positive_int), "a positive integer or null"),
@@ -139,6 +170,8 @@ _NOT_FROM_TRAIN = "it was not written by this version of 'pyro-vae train', or wa
 def check_config(config: dict, path: Path) -> None:
     """Refuse a stock configuration with a missing or mistyped key, naming the key."""
     rules = _COMMON | (_CONDITIONAL if config.get("conditional") else _UNCONDITIONAL)
+    if config.get("model") == "hierarchical":
+        rules |= _HIERARCHICAL
     for key, (check, expected) in (_OPTIONAL | rules).items():
         if key in config and not check(config[key]):
             shown = repr(config[key])

@@ -93,7 +93,17 @@ def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict
         "likelihood": likelihood,
         "likelihood_options": _likelihood_options(args, likelihood),
         "guide": args.guide,
+        "model": args.model,
     }
+    if args.model == "hierarchical":
+        if args.conditional or args.guide != "normal":
+            raise ValueError(
+                "--model hierarchical is unconditional, with its own top-down Normal guide: "
+                "drop --conditional and --guide"
+            )
+        config["layers"] = args.layers or 2
+    elif args.layers is not None:
+        raise ValueError("--layers sets the stochastic layers of --model hierarchical; add --model hierarchical")
     if args.conditional:
         if data.train_y is None:
             raise ValueError(f"--conditional needs labels, and {args.dataset} has none")
@@ -301,6 +311,8 @@ class TrainingRun:
         """One line: what is trained, on what, where."""
         args, config, processes = self.args, self.config, parallel.world_size()
         kind = "conditional VAE" if config.get("conditional") else f"VAE ({args.guide} guide)"
+        if config["model"] == "hierarchical":
+            kind = f"{config['layers']}-layer hierarchical VAE (top-down guide)"
         if config.get("labels_per_class") is not None:
             kind = f"semi-supervised conditional VAE ({args.labels_per_class} labels per class)"
         return (
