@@ -1,9 +1,11 @@
-"""The classic number: test NLL of a one-stochastic-layer VAE on statically binarized MNIST.
+"""The classic number: test NLL of a VAE on statically binarized MNIST.
 
 Larochelle's fixed binarization (``../shared/data/binarized-mnist``, 50k train / 10k valid / 10k
 test). The VAE (MLP encoder and decoder, Bernoulli likelihood; by default the VampPrior of
-Tomczak & Welling 2018, with ``--prior normal`` N(0, I)) trains with ``pyro_vae.fit`` for a
-budget of training minutes, with early stopping on the validation ELBO (static binarization
+Tomczak & Welling 2018, with ``--prior normal`` N(0, I); one stochastic layer, or with ``--model
+hierarchical`` a top-down hierarchy of ``--layers``, the VampPrior at its top; trained by the
+ELBO, or with ``--loss iwae|dreg`` by the importance-weighted bound of ``--particles``) trains
+with ``pyro_vae.fit`` for a budget of training minutes, with early stopping on the validation ELBO (static binarization
 overfits) and optional KL warm-up; then the test NLL = -log p(x) is estimated with K importance
 samples per image (default 5,000; Burda et al. 2016). Printed beside the published numbers of
 Pythae's reproduction table and of Burda et al.; ends with one ``summary:`` line.
@@ -11,6 +13,7 @@ Pythae's reproduction table and of Burda et al.; ends with one ``summary:`` line
     .venv/bin/python experiments/mnist_nll.py --minutes 60 --threads 1   # 86.82 nats (docs/performance_results.md)
     .venv/bin/python experiments/mnist_nll.py --minutes 60 --prior normal --latent-dim 50   # 89.93
     .venv/bin/python experiments/mnist_nll.py --minutes 60 --threads 1 --loss iwae --particles 5
+    .venv/bin/python experiments/mnist_nll.py --minutes 60 --threads 1 --model hierarchical --layers 2
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import torch
 
 import pyro_vae
 from pyro_vae.checkpoint import save_checkpoint
-from pyro_vae.guides import AmortizedNormal
-from pyro_vae.models import VAE, VampPriorVAE
+from pyro_vae.guides import AmortizedNormal, TopDownGuide
+from pyro_vae.models import VAE, HierarchicalVAE, VampPriorVAE
 
 PUBLISHED = {
     "Pythae VAE": 89.78,
@@ -46,6 +49,28 @@ def load(folder: Path) -> dict[str, torch.Tensor]:
         return {split: torch.as_tensor(archive[split], dtype=torch.float32)[:, None] for split in splits}
 
 
+def build(args: argparse.Namespace, hidden: list[int], train: torch.Tensor):
+    """The model and guide the arguments describe (the VampPrior's pseudo-inputs start at random
+    training images moved inside (0, 1), so the clip passes gradients)."""
+    shape = (1, 28, 28)
+
+    def pseudo_inputs() -> torch.Tensor:
+        return 0.05 + 0.9 * train[torch.randperm(len(train))[: args.pseudo_inputs]]
+
+    if args.model == "hierarchical":
+        model = HierarchicalVAE.build(shape, args.latent_dim, hidden, "mlp", "bernoulli", args.layers)
+        guide = TopDownGuide.build_for(model, shape, hidden, "mlp")
+        if args.prior == "vampprior":
+            model.use_vampprior(guide.posterior, pseudo_inputs(), bounds=(0.0, 1.0))
+        return model, guide
+    if args.prior == "normal":  # built first, as before the VampPrior option: the same seed, the same run
+        model = VAE.build(shape, args.latent_dim, hidden, "mlp", "bernoulli")
+    guide = AmortizedNormal.build(shape, args.latent_dim, hidden, "mlp")
+    if args.prior == "vampprior":
+        model = VampPriorVAE.build_for(guide, pseudo_inputs(), args.latent_dim, hidden, "mlp", bounds=(0.0, 1.0))
+    return model, guide
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="../shared/data/binarized-mnist")
@@ -53,6 +78,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1000, help="at most this many epochs")
     parser.add_argument("--hidden", default="300,300", help="encoder widths (the decoder mirrors them)")
     parser.add_argument("--latent-dim", type=int, default=40)
+    parser.add_argument(
+        "--model",
+        choices=("vae", "hierarchical"),
+        default="vae",
+        help="one stochastic layer, or --layers of them with top-down inference (models/hierarchical.py)",
+    )
+    parser.add_argument("--layers", type=int, default=2, help="stochastic layers of --model hierarchical")
     parser.add_argument("--prior", choices=("normal", "vampprior"), default="vampprior")
     parser.add_argument("--pseudo-inputs", type=int, default=500, help="K of the VampPrior")
     parser.add_argument(
@@ -78,14 +110,7 @@ def main() -> None:
     data = load(Path(args.data_dir))
     hidden = [int(width) for width in args.hidden.split(",")]
     pyro.set_rng_seed(args.seed)
-    if args.prior == "normal":  # built first, as before the VampPrior option: the same seed, the same run
-        model = VAE.build((1, 28, 28), args.latent_dim, hidden, "mlp", "bernoulli")
-    guide = AmortizedNormal.build((1, 28, 28), args.latent_dim, hidden, "mlp")
-    if args.prior == "vampprior":
-        # pseudo-inputs start at random training images, moved inside (0, 1) so the clip passes gradients
-        chosen = torch.randperm(len(data["train"]))[: args.pseudo_inputs]
-        pseudo_inputs = 0.05 + 0.9 * data["train"][chosen]
-        model = VampPriorVAE.build_for(guide, pseudo_inputs, args.latent_dim, hidden, "mlp", bounds=(0.0, 1.0))
+    model, guide = build(args, hidden, data["train"])
     cpu_start = time.process_time()
     history = pyro_vae.fit(
         model,
@@ -121,7 +146,8 @@ def main() -> None:
     prior = "VampPrior" if args.prior == "vampprior" else "N(0, I)"
     objective = "ELBO" if args.loss == "elbo" else f"{args.loss.upper()} (K = {args.particles})"
     setting = f"{args.hidden} MLP, {args.latent_dim}-d z, {prior} prior, {objective}, {train_minutes:.0f} min"
-    print(f"| pyro_vae VAE, {setting} | {test_nll:.2f} |")
+    name = f"{args.layers}-layer hierarchical VAE" if args.model == "hierarchical" else "VAE"
+    print(f"| pyro_vae {name}, {setting} | {test_nll:.2f} |")
     for name, value in PUBLISHED.items():
         print(f"| {name} | {value:.2f} |")
     results = vars(args) | {
@@ -136,7 +162,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(
         f"summary: test_nll={test_nll:.2f} train_minutes={train_minutes:.1f} epochs={len(history.epoch)} "
-        f"num_samples={args.num_samples} loss={args.loss}"
+        f"num_samples={args.num_samples} loss={args.loss} model={args.model}"
     )
 
 

@@ -106,6 +106,9 @@ EXPERIMENTS: dict[str, Experiment] = {
     "mnist_nll_iwae": Experiment(
         "mnist_nll.py", ("--minutes", "60", "--threads", "1", "--loss", "iwae", "--particles", "5")
     ),
+    "mnist_nll_hierarchical": Experiment(
+        "mnist_nll.py", ("--minutes", "60", "--threads", "1", "--model", "hierarchical", "--layers", "2")
+    ),
 }
 
 

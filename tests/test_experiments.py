@@ -30,7 +30,10 @@ def test_linear_vae_finds_pca_on_the_toy_points(tmp_path):
     assert "| A | (-0.50, -0.40) | -0.63 |" in (tmp_path / "results.md").read_text()
 
 
-def test_mnist_nll_runs_with_the_vampprior_on_a_small_stand_in(tmp_path):
+@pytest.mark.parametrize(
+    "options", [(), ("--model", "hierarchical", "--loss", "dreg", "--particles", "3")], ids=["vae", "hierarchical-dreg"]
+)
+def test_mnist_nll_runs_with_the_vampprior_on_a_small_stand_in(tmp_path, options):
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -44,11 +47,12 @@ def test_mnist_nll_runs_with_the_vampprior_on_a_small_stand_in(tmp_path):
         "mnist_nll.py",
         *("--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--prior", "vampprior"),
         *("--pseudo-inputs", "10", "--epochs", "3", "--num-samples", "20", "--hidden", "32", "--latent-dim", "4"),
+        *options,
     )
     # 784 pixels, 5 % flipped around one of two patterns: at most 784 log 2 = 543 nats and at least
     # the flips' entropy, 784 H(0.05) = 156 nats
     assert 156 < float(values["test_nll"]) < 543
-    assert values["epochs"] == "3"
+    assert values["epochs"] == "3" and values["model"] == (options[1] if options else "vae")
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 
