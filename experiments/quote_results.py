@@ -106,6 +106,11 @@ EXPERIMENTS: dict[str, Experiment] = {
     "mnist_nll_iwae": Experiment(
         "mnist_nll.py", ("--minutes", "60", "--threads", "1", "--loss", "iwae", "--particles", "5")
     ),
+    "hierarchical_samples": Experiment(
+        "hierarchical_samples.py",
+        ("--minutes", "4"),
+        {"samples.png": "docs/hierarchical_samples.png", "results.md": "docs/hierarchical_samples_results.md"},
+    ),
     "mnist_nll_hierarchical": Experiment(
         "mnist_nll.py", ("--minutes", "60", "--threads", "1", "--model", "hierarchical", "--layers", "2")
     ),
