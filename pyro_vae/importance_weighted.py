@@ -59,13 +59,15 @@ VECTORIZATION_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 class _LogDensities(NamedTuple):
     """A pass of the guide and the model: the per-datum log-densities ``[K, B]`` of each (minibatch
-    factor removed), the global ones ``[]``, the data plate's factor, and the guide's trace."""
+    factor removed); what enters outside the log-mean-exp (the global sites' log p - log q and the
+    model's auxiliary terms, means over the particles); the data plate's factor; and the guide's
+    trace of each pass (one, or one per particle when they are evaluated one at a time)."""
 
     model: torch.Tensor
     guide: torch.Tensor
-    global_terms: torch.Tensor
+    outside: torch.Tensor
     factor: float
-    guide_trace: Trace
+    guide_traces: tuple[Trace, ...]
 
 
 class ImportanceWeightedELBO(ELBO):
@@ -116,31 +118,37 @@ class ImportanceWeightedELBO(ELBO):
     def _bound(pass_: _LogDensities) -> torch.Tensor:
         log_w = pass_.model - pass_.guide
         per_datum = log_w.logsumexp(0) - math.log(log_w.shape[0])
-        return pass_.global_terms + pass_.factor * per_datum.sum()
+        return pass_.outside + pass_.factor * per_datum.sum()
 
-    def _densities(self, model, guide, args, kwargs, replay: Trace | None = None) -> _LogDensities:
-        """One pass of the ``K`` particles (replaying ``replay``'s draws, if given)."""
+    def _densities(self, model, guide, args, kwargs, replay: tuple[Trace, ...] | None = None) -> _LogDensities:
+        """One pass of the ``K`` particles, replaying ``replay``'s draws if given (one trace for
+        all particles, or one per particle)."""
         if self.global_sites is None:
             self._inspect(model, guide, args, kwargs)
         if replay is None and self.global_sites:
-            replay = self._global_draws(guide, args, kwargs)
-        if self.vectorize:
+            replay = (self._global_draws(guide, args, kwargs),)
+        if self.vectorize and (replay is None or len(replay) == 1):
+            before = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
             try:
                 with pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting - 1):
-                    densities = self._traced(model, guide, args, kwargs, replay)
+                    densities = self._traced(model, guide, args, kwargs, replay and replay[0])
                 self.vectorized_once = True
                 return densities
             except VECTORIZATION_ERRORS:
                 if self.vectorized_once:  # the error is not the particle dimension
                     raise
                 self.vectorize = False
-        passes = [self._traced(model, guide, args, kwargs, replay) for _ in range(self.num_particles)]
+                torch.set_rng_state(before[0])  # the failed attempt's draws are not spent
+                if before[1] is not None:
+                    torch.cuda.set_rng_state_all(before[1])
+        replays = [None] * self.num_particles if replay is None else list(replay) * (self.num_particles // len(replay))
+        passes = [self._traced(model, guide, args, kwargs, trace) for trace in replays]
         return _LogDensities(
             torch.cat([p.model for p in passes]),
             torch.cat([p.guide for p in passes]),
-            torch.stack([p.global_terms for p in passes]).mean(),
+            torch.stack([p.outside for p in passes]).mean(),
             passes[0].factor,
-            passes[0].guide_trace,
+            tuple(p.guide_traces[0] for p in passes),
         )
 
     def _inspect(self, model, guide, args, kwargs) -> None:
@@ -174,45 +182,52 @@ class ImportanceWeightedELBO(ELBO):
         model_trace, guide_trace = self._get_trace(model, replayed, args, kwargs)
         self._check_reparameterized(guide_trace)
         size = kwargs.get("size")
-        model_local, model_global, factor = self._sums(model_trace, size)
-        guide_local, guide_global, _ = self._sums(guide_trace, size)
-        return _LogDensities(model_local, guide_local, model_global - guide_global, factor, guide_trace)
+        model_local, model_outside, factor = self._sums(model_trace, size, auxiliary_outside=True)
+        guide_local, guide_global, _ = self._sums(guide_trace, size, auxiliary_outside=False)
+        return _LogDensities(model_local, guide_local, model_outside - guide_global, factor, (guide_trace,))
 
     def _check_reparameterized(self, guide_trace: Trace) -> None:
         names = [name for name, site in sample_sites(guide_trace).items() if not site["fn"].has_rsample]
         if names:
             raise ValueError(
                 f"importance-weighted training differentiates through the guide's draws, but the guide's sites "
-                f"{names} cannot be reparameterized; use loss='auto' (or 'enum' for discrete sites)"
+                f"{names} cannot be reparameterized; use loss='auto' (or 'enum' for discrete sites; --loss on the "
+                "command line)"
             )
 
-    def _sums(self, trace: Trace, size: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """The trace's per-datum log-densities ``[K, B]`` with the data plate's factor removed, its
-        global ones summed, and that factor."""
+    def _sums(
+        self, trace: Trace, size: int | None, auxiliary_outside: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The trace's per-datum log-densities ``[K, B]`` with the data plate's factor removed; the
+        sum of its global ones (and, with ``auxiliary_outside``, of its auxiliary sites: terms
+        that train but are no part of the density, such as M2's classification term), averaged
+        over the particles; and the data plate's factor."""
         trace.compute_log_prob()
         particle_dim = -self.max_plate_nesting - 1
-        local, global_terms, factor, rows = torch.zeros(()), torch.zeros(()), 1.0, None
+        local, outside, factor, rows = torch.zeros(()), torch.zeros(()), 1.0, None
         for site in sample_sites(trace).values():
             log_prob = site["log_prob"]
             particles = log_prob.shape[particle_dim] if log_prob.dim() >= -particle_dim else 1
             frame = data_frame(site, self.data_plate)
-            if frame is None:
-                global_terms = global_terms + log_prob.sum() / particles
+            if frame is None or (auxiliary_outside and site["infer"].get("is_auxiliary")):
+                outside = outside + log_prob.sum() / particles
                 continue
-            factor, rows = minibatch_factor(frame, size), frame.size
+            rows = frame.size if frame.size != -1 else log_prob.shape[frame.dim]
+            factor = minibatch_factor(frame, size, rows)
             local = local + per_datum(log_prob, particle_dim, frame.dim, (particles, rows)) / factor
         if rows is None:
             raise ValueError(f"the program has no sample site inside pyro.plate({self.data_plate!r}, ...)")
-        return local.expand(-1, rows) if local.dim() == 2 else local.expand(1, rows), global_terms, factor
+        return local.expand(-1, rows) if local.dim() == 2 else local.expand(1, rows), outside, factor
 
 
-def minibatch_factor(frame, size: int | None) -> float:
-    """The factor by which the data plate scales a minibatch's sites: ``N / B`` of a plate that
-    subsamples (``pyro.plate(name, N, subsample=x)``), else ``size / B`` as
-    :func:`~pyro_vae.program.bind` scales a plate that stands for the batch alone."""
-    if frame.full_size is not None and frame.full_size != frame.size:
+def minibatch_factor(frame, size: int | None, rows: int) -> float:
+    """The factor by which the data plate scales a minibatch of ``rows`` data: ``N / B`` of a plate
+    that subsamples (``pyro.plate(name, N, subsample=x)``), else ``size / rows`` as
+    :func:`~pyro_vae.program.bind` scales a plate that stands for the batch alone
+    (``pyro.plate(name, len(x))``, or ``pyro.plate(name)`` without a size)."""
+    if frame.full_size not in (None, -1) and frame.full_size != frame.size:
         return frame.full_size / frame.size
-    return (size or frame.size) / frame.size
+    return (size or rows) / rows
 
 
 class DoublyReparameterizedELBO(ImportanceWeightedELBO):
@@ -228,13 +243,18 @@ class DoublyReparameterizedELBO(ImportanceWeightedELBO):
                 f"loss='dreg' covers per-datum latents only; the guide has global latent sites "
                 f"{sorted(self.global_sites)}: use loss='iwae'"
             )
-        held = first.guide_trace.copy()
-        held.nodes = OrderedDict((name, dict(site)) for name, site in held.nodes.items())
-        for site in sample_sites(held).values():
-            site["value"] = site["value"].detach()
-        fixed = self._densities(model, guide, args, kwargs, replay=held)
+        fixed = self._densities(model, guide, args, kwargs, replay=tuple(map(_held, first.guide_traces)))
         log_w = (first.model - first.guide).detach()
         weights = torch.softmax(log_w, dim=0)
         path = (first.model - fixed.model) - (first.guide - fixed.guide)
         per_datum = weights * fixed.model + weights.square() * path
-        return first.factor * per_datum.sum()
+        return first.outside + first.factor * per_datum.sum()
+
+
+def _held(trace: Trace) -> Trace:
+    """A copy of ``trace`` whose sample values are held constant (detached)."""
+    held = trace.copy()
+    held.nodes = OrderedDict((name, dict(site)) for name, site in trace.nodes.items())
+    for site in sample_sites(held).values():
+        site["value"] = site["value"].detach()
+    return held

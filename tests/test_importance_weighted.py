@@ -12,6 +12,7 @@ import torch
 from pyro import poutine
 from pyro.infer import RenyiELBO
 
+import pyro_vae.program
 from pyro_vae import fit
 from pyro_vae.distributions import ReparameterizedNormal
 from pyro_vae.importance_weighted import DoublyReparameterizedELBO, ImportanceWeightedELBO
@@ -110,13 +111,15 @@ def test_bound_and_gradient_match_an_independent_computation(loss, particles):
         torch.testing.assert_close(grads[name], expected[name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("vectorize", [True, False])
 @pytest.mark.parametrize("particles", [1, 10])
-def test_at_the_exact_posterior_the_bound_is_the_evidence_and_dregs_guide_gradient_vanishes(particles):
+def test_at_the_exact_posterior_the_bound_is_the_evidence_and_dregs_guide_gradient_vanishes(particles, vectorize):
+    """Also one particle at a time: each particle's second pass must hold its own draws."""
     set_params(**exact_posterior())
     x = torch.tensor([-1.0, 0.2, 1.7])
     evidence = dist.Normal(0.0, math.sqrt(1 + NOISE**2)).log_prob(x).sum() * 2  # size 6: factor 2
-    iwae_loss, iwae_grads = step(ImportanceWeightedELBO(particles), x, 6, seed=0)
-    dreg_loss, dreg_grads = step(DoublyReparameterizedELBO(particles), x, 6, seed=0)
+    iwae_loss, iwae_grads = step(ImportanceWeightedELBO(particles, vectorize_particles=vectorize), x, 6, seed=0)
+    dreg_loss, dreg_grads = step(DoublyReparameterizedELBO(particles, vectorize_particles=vectorize), x, 6, seed=0)
     assert iwae_loss == pytest.approx(-evidence.item(), rel=1e-5) and dreg_loss == pytest.approx(iwae_loss)
     assert max(dreg_grads[name].abs().item() for name in GUIDE_PARAMS) < 1e-5
     assert max(iwae_grads[name].abs().item() for name in GUIDE_PARAMS) > 1e-2  # the score term's noise
@@ -206,6 +209,67 @@ def test_renyi_alpha_zero_agrees_on_one_unscaled_datum_and_scales_inside_the_log
     assert abs(scaled_inside - per_datum) > 1.0
 
 
+def sizeless_model(x):
+    """The linear-Gaussian model written with ``pyro.plate("data")``: no size at all."""
+    with pyro.plate("data"):
+        z = pyro.sample("z", dist.Normal(torch.zeros(len(x)), 1.0))
+        pyro.sample("x", dist.Normal(1.3 * z, NOISE), obs=x)
+
+
+def sizeless_guide(x):
+    with pyro.plate("data"):
+        pyro.sample("z", dist.Normal(0.3 * x + 0.1, math.exp(-0.5)))
+
+
+def test_a_data_plate_without_a_size_gives_the_bound_of_the_sized_program():
+    x = torch.linspace(-1.0, 1.0, 5)
+    pyro.set_rng_seed(4)
+    sized = ImportanceWeightedELBO(20).loss(model, guide, x, size=5)
+    pyro.set_rng_seed(4)
+    assert ImportanceWeightedELBO(20).loss(sizeless_model, sizeless_guide, x) == pytest.approx(sized, rel=1e-6)
+    pyro.set_rng_seed(4)
+    bound = pyro_vae.program.bind(sizeless_model), pyro_vae.program.bind(sizeless_guide)
+    scaled = ImportanceWeightedELBO(20).loss(*bound, x, size=50)  # as fit calls it: size / rows outside
+    assert scaled == pytest.approx(10 * sized, rel=1e-5)
+
+
+def auxiliary_model(x, size=None):
+    """The linear-Gaussian model with a training-only term 0.5 log N(x; z, 1) (an auxiliary site)."""
+    w = pyro.param("w", torch.tensor(1.3))
+    with pyro.plate("data", size or len(x), subsample=x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(w * z, NOISE), obs=x)
+        with poutine.scale(scale=0.5):
+            pyro.sample("x_aux", dist.Normal(z, 1.0), obs=x, infer={"is_auxiliary": True})
+
+
+@pytest.mark.parametrize("loss", sorted(ESTIMATORS))
+def test_auxiliary_terms_enter_outside_the_log_mean_exp(loss):
+    """M2's classification term is no part of p(x, z): it is added to the bound, averaged over
+    the particles, rather than tilting the importance weights."""
+    x, size, particles = torch.linspace(-1.0, 1.5, 4), 12, 6
+    pyro.set_rng_seed(8)
+    plain = ESTIMATORS[loss](particles).loss(model, guide, x, size=size)
+    pyro.set_rng_seed(8)
+    with_term = ESTIMATORS[loss](particles).loss(auxiliary_model, guide, x, size=size)
+    draws = guide_draws(x, particles, seed=8)
+    term = size / len(x) * 0.5 * dist.Normal(draws, 1.0).log_prob(x).mean(0).sum()
+    assert with_term == pytest.approx(plain - term.item(), rel=1e-5)
+
+
+def test_a_failed_vectorized_attempt_spends_no_random_draws():
+    """A program that cannot take the particle dimension gets the draws it would get evaluated one
+    particle at a time from the start (so a resumed run repeats an uninterrupted one)."""
+    x = torch.randn(16)
+    bn_model = BatchNormModel()
+    pyro.set_rng_seed(2)
+    tried = ImportanceWeightedELBO(4)
+    first = tried.loss(bn_model, guide, x, size=16)
+    assert not tried.vectorize
+    pyro.set_rng_seed(2)
+    assert ImportanceWeightedELBO(4, vectorize_particles=False).loss(bn_model, guide, x, size=16) == first
+
+
 def global_model(x, size=None):
     shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
     with pyro.plate("data", size or len(x), subsample=x):
@@ -248,23 +312,24 @@ def test_non_reparameterizable_guides_are_refused_by_name():
         ImportanceWeightedELBO(3).loss(model, discrete_guide, torch.ones(2))
 
 
-class BatchNormGuide(torch.nn.Module):
-    """A guide whose BatchNorm1d cannot take the particle dimension: evaluated particle by particle."""
+class BatchNormModel(torch.nn.Module):
+    """A model whose BatchNorm1d on z cannot take the particle dimension: evaluated particle by particle."""
 
     def __init__(self):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.BatchNorm1d(1), torch.nn.Linear(1, 2))
+        self.net = torch.nn.Sequential(torch.nn.BatchNorm1d(1), torch.nn.Linear(1, 1))
 
     def forward(self, x, size=None):
-        pyro.module("bn_guide", self)
-        loc, log_scale = self.net(x.unsqueeze(-1)).unbind(-1)
+        pyro.module("bn_model", self)
         with pyro.plate("data", size or len(x), subsample=x):
-            pyro.sample("z", dist.Normal(loc, log_scale.exp()))
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(self.net(z.unsqueeze(-1)).squeeze(-1), NOISE), obs=x)
 
 
 @pytest.mark.parametrize("loss", sorted(ESTIMATORS))
 def test_fit_trains_with_either_objective_and_falls_back_to_one_particle_at_a_time(loss):
     x = torch.randn(64) * 1.5
-    history = fit(model, BatchNormGuide(), x, loss=loss, num_particles=4, epochs=40, batch_size=32, lr=0.02, seed=1)
+    bn_model = BatchNormModel()
+    history = fit(bn_model, guide, x, loss=loss, num_particles=4, epochs=40, batch_size=32, lr=0.02, seed=1)
     assert history.estimator == ESTIMATORS[loss].__name__
     assert history.train_elbo[-1] > history.train_elbo[0]
