@@ -140,3 +140,45 @@ def test_importance_sampled_score_and_generation(binary_images):
     assert log_px.shape == (6,) and torch.isfinite(log_px).all()
     assert (log_px >= bound - 1e-4).all()
     assert model(None, size=4).shape == (4, *SHAPE)
+
+
+@pytest.mark.parametrize("model", ["vae", "hierarchical"])
+def test_the_command_line_trains_and_scores_with_the_vampprior(tmp_path, model):
+    import json
+
+    from pyro_vae.cli.stock import build_pair, load_run
+    from tests.test_cli import pyro_vae as cli
+
+    run = tmp_path / "run"
+    result = cli(
+        *("train", "--dataset", "digits", "--model", model, "--prior", "vampprior", "--pseudo-inputs", "12"),
+        *("--epochs", "2", "--latent-dim", "3", "--hidden", "16", "--score-samples", "3", "--quiet"),
+        *("--out", str(run)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "VampPrior (12 pseudo-inputs)" in result.stdout
+    config = json.loads((run / "config.json").read_text())
+    assert (config["prior"], config["pseudo_inputs"]) == ("vampprior", 12)
+    loaded = load_run(run)
+    assert loaded.model.pseudo_inputs.shape == (12, 1, 8, 8)
+    assert not torch.equal(loaded.model.pseudo_inputs, torch.full((12, 1, 8, 8), 0.5))  # the trained ones
+    score = cli("score", str(run), "--num-samples", "4", "--out", str(tmp_path / "scores"))
+    assert score.returncode == 0, score.stderr
+    sample = cli("sample", str(run), "--num", "4", "--out", str(tmp_path / "samples.png"))
+    assert sample.returncode == 0, sample.stderr
+    train_x = torch.rand(40, 1, 8, 8)
+    pyro.set_rng_seed(0)
+    fresh, _ = build_pair(config, train_x)
+    starts = (fresh.pseudo_inputs.detach() - 0.05) / 0.9  # each starts at a training image, moved inside (0, 1)
+    gaps = (starts.flatten(1)[:, None] - train_x.flatten(1)[None]).abs().amax(-1).min(1).values
+    assert gaps.max() < 1e-5
+
+
+def test_the_command_line_refuses_the_vampprior_without_a_normal_guide(tmp_path):
+    from tests.test_cli import pyro_vae as cli
+
+    result = cli(
+        "train", "--dataset", "digits", "--prior", "vampprior", "--guide", "delta", "--out", str(tmp_path / "r")
+    )
+    assert result.returncode == 2 and "drop --conditional and --guide" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2

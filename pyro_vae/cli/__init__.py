@@ -28,7 +28,7 @@ from pyro_vae.cli.options import (
     Bounded,
 )
 from pyro_vae.cli.run_folder import check_output
-from pyro_vae.cli.stock import MODELS
+from pyro_vae.cli.stock import MODELS, PRIORS
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.novelty import NoveltyDetector
@@ -102,6 +102,16 @@ def _add_train(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--layers", type=LAYERS, help="with --model hierarchical: the number of stochastic layers (default 2)"
+    )
+    parser.add_argument(
+        "--prior",
+        default="normal",
+        choices=PRIORS,
+        help="p(z) (of the top layer): N(0, I), or the VampPrior (Tomczak & Welling 2018), the guide's posterior "
+        "averaged over --pseudo-inputs learned pseudo-inputs started at random training data",
+    )
+    parser.add_argument(
+        "--pseudo-inputs", type=POSITIVE_INTEGER, default=500, help="pseudo-inputs of --prior vampprior"
     )
     parser.add_argument("--guide", default="normal", choices=["normal", "delta"], help="delta: plain autoencoder")
     parser.add_argument("--latent-dim", type=POSITIVE_INTEGER, default=10, help="dimension of z")

@@ -17,12 +17,14 @@ from pyro_vae.checkpoint import NOT_A_CHECKPOINT, Checkpoint, load_checkpoint
 from pyro_vae.device import resolve_device
 from pyro_vae.guides import AmortizedDelta, AmortizedNormal, ConditionalNormal, TopDownGuide
 from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.models import VAE, ConditionalVAE, HierarchicalVAE
+from pyro_vae.models import VAE, ConditionalVAE, HierarchicalVAE, VampPriorVAE
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.preprocessing import Preprocessor
 
 GUIDES = {"normal": AmortizedNormal, "delta": AmortizedDelta}
 MODELS = ("vae", "hierarchical")  # a config without "model" (an older run) is a plain VAE
+PRIORS = ("normal", "vampprior")  # a config without "prior" has N(0, I)
+BOUNDED_LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # data in [0, 1]: pseudo-inputs clipped there
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -50,7 +52,19 @@ def _build_conditional(config: dict) -> tuple[ConditionalVAE, ConditionalNormal]
     return model, guide
 
 
-def _build_hierarchical(config: dict) -> tuple[HierarchicalVAE, TopDownGuide]:
+def pseudo_inputs(config: dict, train_x: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple | None]:
+    """The VampPrior's initial pseudo-inputs and bounds for ``config``: ``config["pseudo_inputs"]``
+    random training data (moved inside (0, 1) for data in [0, 1], so the clip passes gradients), or,
+    without ``train_x`` (a checkpoint's weights will replace them), that many mid-range values."""
+    count, shape = config["pseudo_inputs"], config["x_shape"]
+    bounds = (0.0, 1.0) if config["likelihood"] in BOUNDED_LIKELIHOODS else None
+    if train_x is None:
+        return torch.full((count, *shape), 0.5 if bounds else 0.0), bounds
+    chosen = train_x[torch.randperm(len(train_x))[:count]].float()
+    return (0.05 + 0.9 * chosen if bounds else chosen), bounds
+
+
+def _build_hierarchical(config: dict, train_x: torch.Tensor | None) -> tuple[HierarchicalVAE, TopDownGuide]:
     if config.get("conditional"):
         raise ValueError("the hierarchical VAE is unconditional; drop 'conditional' or use model 'vae'")
     if config.get("guide") != "normal":
@@ -60,22 +74,31 @@ def _build_hierarchical(config: dict) -> tuple[HierarchicalVAE, TopDownGuide]:
     x_shape, latent_dim, hidden, arch = config["x_shape"], config["latent_dim"], config["hidden"], config["arch"]
     options = config.get("likelihood_options", {})
     model = HierarchicalVAE.build(x_shape, latent_dim, hidden, arch, config["likelihood"], config["layers"], **options)
-    return model, TopDownGuide.build_for(model, x_shape, hidden, arch)
+    guide = TopDownGuide.build_for(model, x_shape, hidden, arch)
+    if config.get("prior") == "vampprior":
+        model.use_vampprior(guide.posterior, *pseudo_inputs(config, train_x))
+    return model, guide
 
 
-def build_pair(config: dict) -> tuple[Model, Guide]:
+def build_pair(config: dict, train_x: torch.Tensor | None = None) -> tuple[Model, Guide]:
     """The stock model and guide that ``config`` describes (untrained): its ``"model"``, ``"vae"``
     (the default) or ``"hierarchical"`` (with ``"layers"`` stochastic layers of ``"latent_dim"``
-    dimensions each), or the conditional VAE."""
+    dimensions each), or the conditional VAE; with ``"prior": "vampprior"`` the VampPrior over
+    ``"pseudo_inputs"`` pseudo-inputs, started at random rows of ``train_x`` when given."""
     if config.get("model", "vae") == "hierarchical":
-        return _build_hierarchical(config)
+        return _build_hierarchical(config, train_x)
     if config.get("conditional"):
         return _build_conditional(config)
     if config.get("guide") not in GUIDES:
         raise ValueError(f"unknown guide {config.get('guide')!r}; choose one of {sorted(GUIDES)}")
     x_shape, latent_dim, hidden, arch = config["x_shape"], config["latent_dim"], config["hidden"], config["arch"]
-    model = VAE.build(x_shape, latent_dim, hidden, arch, config["likelihood"], **config.get("likelihood_options", {}))
+    options = config.get("likelihood_options", {})
     guide = GUIDES[config["guide"]].build(x_shape, latent_dim, hidden, arch)
+    if config.get("prior") == "vampprior":
+        initial, bounds = pseudo_inputs(config, train_x)
+        likelihood = config["likelihood"]
+        return VampPriorVAE.build_for(guide, initial, latent_dim, hidden, arch, likelihood, bounds, **options), guide
+    model = VAE.build(x_shape, latent_dim, hidden, arch, config["likelihood"], **options)
     return model, guide
 
 
@@ -155,8 +178,10 @@ _COMMON = {
 _UNCONDITIONAL = {"guide": (_one_of(GUIDES), f"one of {sorted(GUIDES)}")}
 _CONDITIONAL = {"num_classes": (_positive_int, "a positive integer")}
 _HIERARCHICAL = {"layers": (_layers, "an integer ≥ 2")}
+_VAMPPRIOR = {"pseudo_inputs": (_positive_int, "a positive integer")}
 _OPTIONAL = {
     "model": (_one_of(MODELS), f"one of {list(MODELS)}"),
+    "prior": (_one_of(PRIORS), f"one of {list(PRIORS)}"),
     "conditional": (lambda value: isinstance(value, bool), "true or false"),
     "likelihood_options": (lambda value: isinstance(value, dict), "an object of option names and values"),
     "embedding_dim": (_or_none(_positive_int), "a positive integer or null"),
@@ -172,6 +197,8 @@ def check_config(config: dict, path: Path) -> None:
     rules = _COMMON | (_CONDITIONAL if config.get("conditional") else _UNCONDITIONAL)
     if config.get("model") == "hierarchical":
         rules |= _HIERARCHICAL
+    if config.get("prior") == "vampprior":
+        rules |= _VAMPPRIOR
     for key, (check, expected) in (_OPTIONAL | rules).items():
         if key in config and not check(config[key]):
             shown = repr(config[key])

@@ -104,6 +104,10 @@ def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict
         config["layers"] = args.layers or 2
     elif args.layers is not None:
         raise ValueError("--layers sets the stochastic layers of --model hierarchical; add --model hierarchical")
+    if args.prior == "vampprior":
+        if args.conditional or args.guide != "normal":
+            raise ValueError("--prior vampprior averages the Normal guide's posterior: drop --conditional and --guide")
+        config |= {"prior": "vampprior", "pseudo_inputs": min(args.pseudo_inputs, len(data.train_x))}
     if args.conditional:
         if data.train_y is None:
             raise ValueError(f"--conditional needs labels, and {args.dataset} has none")
@@ -274,7 +278,7 @@ class TrainingRun:
         train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
         config = _config(args, data, likelihood) | {"arguments": _arguments(args)}
         pyro.set_rng_seed(args.seed)
-        model, guide = build_pair(config)
+        model, guide = build_pair(config, train_x if checkpoint is None else None)
         model.likelihood.check_support(train_x)
         return cls(
             args=args,
@@ -313,6 +317,8 @@ class TrainingRun:
         kind = "conditional VAE" if config.get("conditional") else f"VAE ({args.guide} guide)"
         if config["model"] == "hierarchical":
             kind = f"{config['layers']}-layer hierarchical VAE (top-down guide)"
+        if config.get("prior") == "vampprior":
+            kind += f" with the VampPrior ({config['pseudo_inputs']} pseudo-inputs)"
         if config.get("labels_per_class") is not None:
             kind = f"semi-supervised conditional VAE ({args.labels_per_class} labels per class)"
         return (
