@@ -15,16 +15,13 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.functional import softplus
 
-from pyro_vae.data import MISSING_LABEL
 from pyro_vae.distributions import ReparameterizedNormal
-from pyro_vae.guides.conditional import CLASSIFIER_DEFAULTS, ENUMERATE
+from pyro_vae.guides.conditional import CLASSIFIER_DEFAULTS, propose_missing_labels
 from pyro_vae.nets import MLP, LabelEncoding, build_encoder, concat_features
-from pyro_vae.validation import check_labels
 
 FEATURES = 256
 
@@ -127,15 +124,8 @@ class AuxiliaryNormal(PyroModule):
         return ReparameterizedNormal(loc, softplus(raw_scale) + self.min_scale).to_event(1)
 
     def _label(self, x: torch.Tensor, a: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        if y is None:
-            return pyro.sample("y", dist.Categorical(logits=self.classifier(x, a)), infer=ENUMERATE)
-        check_labels(y, x.shape[0], self.label_features.num_classes, missing=MISSING_LABEL)
-        missing = y == MISSING_LABEL
-        if not missing.any():
-            return y
-        with poutine.mask(mask=missing):
-            guess = pyro.sample("y_unobserved", dist.Categorical(logits=self.classifier(x, a)), infer=ENUMERATE)
-        return torch.where(missing, guess, y)
+        classes = self.label_features.num_classes
+        return propose_missing_labels(y, x.shape[0], classes, lambda: dist.Categorical(logits=self.classifier(x, a)))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         if size is None:

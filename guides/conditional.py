@@ -8,7 +8,7 @@ the label is sampled from q(y | x) like any other latent variable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -25,6 +25,23 @@ from pyro_vae.validation import check_labels
 
 ENUMERATE = {"enumerate": "parallel"}
 CLASSIFIER_DEFAULTS = {"mlp": (500, 500), "conv": (32, 64)}  # when its architecture differs from the encoder's
+
+
+def propose_missing_labels(
+    y: torch.Tensor | None, rows: int, num_classes: int, proposal: Callable[[], dist.Categorical]
+) -> torch.Tensor:
+    """The labels of a batch of ``rows`` data, the missing ones (all, for ``y=None``; the ``-1``
+    entries otherwise) drawn from ``proposal()``, q(y | ...), at a site marked for parallel
+    enumeration: ``"y"``, or ``"y_unobserved"`` beside given labels (the model's ``obs_mask`` site)."""
+    if y is None:
+        return pyro.sample("y", proposal(), infer=ENUMERATE)
+    check_labels(y, rows, num_classes, missing=MISSING_LABEL)
+    missing = y == MISSING_LABEL
+    if not missing.any():
+        return y
+    with poutine.mask(mask=missing):
+        guess = pyro.sample("y_unobserved", proposal(), infer=ENUMERATE)
+    return torch.where(missing, guess, y)
 
 
 class ConditionalNormal(PyroModule):
@@ -92,15 +109,7 @@ class ConditionalNormal(PyroModule):
         return ReparameterizedNormal(loc, softplus(raw_scale) + self.min_scale).to_event(1)
 
     def _label(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        if y is None:
-            return pyro.sample("y", self.label_posterior(x), infer=ENUMERATE)
-        check_labels(y, x.shape[0], self.label_features.num_classes, missing=MISSING_LABEL)
-        missing = y == MISSING_LABEL
-        if not missing.any():
-            return y
-        with poutine.mask(mask=missing):
-            guess = pyro.sample("y_unobserved", self.label_posterior(x), infer=ENUMERATE)
-        return torch.where(missing, guess, y)
+        return propose_missing_labels(y, x.shape[0], self.label_features.num_classes, lambda: self.label_posterior(x))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         if size is None:
