@@ -38,7 +38,7 @@ from pyro_vae.optim import JointOptim, make_optimizer
 from pyro_vae.program import Bound, Inspection, bind, inspect_pair
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
-from pyro_vae.scoring import DEFAULT_MAX_BATCH, INSPECTED_ROWS, _Scorer
+from pyro_vae.scoring import DEFAULT_MAX_BATCH, INSPECTED_ROWS, _Scorer, particle_logsumexp
 from pyro_vae.validation import check_data
 
 AUTO = "auto"
@@ -494,8 +494,9 @@ def fit(
     :param float warmup_epochs: raise β linearly from 0 over this many epochs.
     :param validation: a fraction of ``data`` to hold out, explicit validation data, or ``None``.
         Explicit validation data are checked as the training data are (and must have their datum
-        shape and dtype). The validation ELBO (β = 1, one particle) is computed after every epoch,
-        with the one inspection of the pair that training uses.
+        shape and dtype). The validation ELBO (β = 1, one particle; for ``"iwae"`` and ``"dreg"``
+        the bound they train, of ``num_particles`` draws) is computed after every epoch, with the
+        one inspection of the pair that training uses.
     :param patience: stop when the validation ELBO has not improved for this many epochs, and
         restore the parameters of the best epoch.
     :param str device: ``"cpu"``, ``"cuda"`` or ``"auto"``; the data are moved there, and so are
@@ -709,11 +710,14 @@ def _run_seed(options: _Options) -> int:
 @dataclass
 class _Validation:
     """The validation data, on the device and transformed once, scored after every epoch with
-    fit's one inspection of the pair (β = 1, one particle, as :func:`~pyro_vae.scoring.elbo`)."""
+    fit's one inspection of the pair (β = 1): the ELBO (one particle, as
+    :func:`~pyro_vae.scoring.elbo`), or for an importance-weighted loss the bound it trains, of
+    ``num_particles`` draws per datum (an IWAE-trained pair's ELBO may fall as its bound rises)."""
 
     x: torch.Tensor
     y: torch.Tensor | None
     inspection: Inspection
+    num_particles: int = 1
     vectorized: bool = True  # whether the pair took the particle dimension, found in the first epoch
 
     @classmethod
@@ -727,16 +731,20 @@ class _Validation:
         check_data(x, "the validation data")
         inspection.require_guide_covers_model()
         inspection.check_support(x)
-        return cls(x, y, inspection)
+        weighted = options.loss in LOSSES and issubclass(LOSSES[options.loss], ImportanceWeightedELBO)
+        return cls(x, y, inspection, options.num_particles if weighted else 1)
 
     def elbo(self) -> float:
-        """The mean ELBO per datum of the validation data, with the current parameters."""
+        """The mean per-datum validation objective (the ELBO, or the importance-weighted bound),
+        with the current parameters."""
         scorer = _Scorer(self._with_current_globals())
         scorer.vectorized = self.vectorized
-        rows_per_chunk = DEFAULT_MAX_BATCH
+        rows_per_chunk, particles = max(1, DEFAULT_MAX_BATCH // self.num_particles), self.num_particles
         with torch.no_grad():
             per_datum = torch.cat([
-                scorer.log_weights(self.x[start : start + rows_per_chunk], self._labels(start, rows_per_chunk), 1)[0]
+                particle_logsumexp(scorer.log_weights(
+                    self.x[start : start + rows_per_chunk], self._labels(start, rows_per_chunk), particles
+                )) - math.log(particles)
                 for start in range(0, len(self.x), rows_per_chunk)
             ])  # fmt: skip
         self.vectorized = scorer.vectorized

@@ -12,6 +12,7 @@ import torch
 from pyro import poutine
 from pyro.infer import RenyiELBO
 
+import pyro_vae
 import pyro_vae.program
 from pyro_vae import fit
 from pyro_vae.distributions import ReparameterizedNormal
@@ -333,3 +334,14 @@ def test_fit_trains_with_either_objective_and_falls_back_to_one_particle_at_a_ti
     history = fit(bn_model, guide, x, loss=loss, num_particles=4, epochs=40, batch_size=32, lr=0.02, seed=1)
     assert history.estimator == ESTIMATORS[loss].__name__
     assert history.train_elbo[-1] > history.train_elbo[0]
+
+
+def test_validation_follows_the_bound_that_training_maximizes():
+    """With lr 0 the parameters stay put: the validation column is the K-draw bound (as
+    log_likelihood estimates it), above the one-draw ELBO of the same guide."""
+    train, held_out = torch.randn(32), torch.linspace(-2.0, 2.0, 400)
+    set_params(a=0.2, b=0.4, log_s=-1.5, w=1.3)
+    history = fit(model, guide, train, validation=held_out, loss="iwae", num_particles=50, epochs=1, lr=0.0, seed=0)
+    bound = pyro_vae.log_likelihood(model, guide, held_out, num_samples=50).mean().item()
+    elbo = pyro_vae.elbo(model, guide, held_out, num_samples=50).mean().item()
+    assert history.val_elbo[0] == pytest.approx(bound, abs=0.02) and bound > elbo + 0.2
