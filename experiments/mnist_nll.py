@@ -141,6 +141,9 @@ def main() -> None:
     test_nll = -log_px.mean().item()
     score_minutes = (time.perf_counter() - start) / 60
     test_elbo = pyro_vae.elbo(model, guide, data["test"], num_samples=10).mean().item()
+    per_site = pyro_vae.latent_rates(model, guide, data["test"][:1000])
+    rates = {site: rate.mean().item() for site, rate in per_site.items()}
+    print("rate per latent site (nats per test datum; near 0: collapsed onto its prior):", rates)
     print(f"test NLL (K = {args.num_samples}): {test_nll:.2f} nats; -ELBO {-test_elbo:.2f} ({score_minutes:.1f} min)")
     print("| model | test NLL (nats) |\n| --- | ---: |")
     prior = "VampPrior" if args.prior == "vampprior" else "N(0, I)"
@@ -158,6 +161,7 @@ def main() -> None:
         "train_minutes": train_minutes,
         "train_cpu_minutes": cpu_minutes,
         "score_minutes": score_minutes,
+        "rates": rates,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(

@@ -21,6 +21,7 @@ by ``import pyro_vae``.
 from pyro_vae.auxiliary import auxiliary
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.convention import Convention
+from pyro_vae.rates import latent_rates
 from pyro_vae.scoring import elbo, log_likelihood, log_weights
 from pyro_vae.training import History, fit
 
@@ -32,6 +33,7 @@ __all__ = [
     "auxiliary",
     "elbo",
     "fit",
+    "latent_rates",
     "load_checkpoint",
     "log_likelihood",
     "log_weights",
