@@ -177,8 +177,22 @@ def test_the_command_line_trains_and_scores_with_the_vampprior(tmp_path, model):
 def test_the_command_line_refuses_the_vampprior_without_a_normal_guide(tmp_path):
     from tests.test_cli import pyro_vae as cli
 
-    result = cli(
-        "train", "--dataset", "digits", "--prior", "vampprior", "--guide", "delta", "--out", str(tmp_path / "r")
-    )
+    out = str(tmp_path / "r")
+    result = cli("train", "--dataset", "digits", "--prior", "vampprior", "--guide", "delta", "--out", out)
     assert result.returncode == 2 and "drop --conditional and --guide" in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2
+    result = cli("train", "--dataset", "digits", "--pseudo-inputs", "5", "--out", out)
+    assert result.returncode == 2 and "add --prior vampprior" in result.stderr
+
+
+def test_pseudo_inputs_start_at_training_rows_not_at_held_out_ones():
+    import argparse
+
+    from pyro_vae.cli.train import _training_part
+    from pyro_vae.training import split_data
+
+    x = torch.arange(50.0).reshape(50, 1)
+    pool = _training_part(x, argparse.Namespace(validation=0.2, seed=3))
+    (_, _), (held_out, _) = split_data(x, 0.2, 3)
+    assert len(pool) == 40 and not set(pool.flatten().tolist()) & set(held_out.flatten().tolist())
+    assert torch.equal(_training_part(x, argparse.Namespace(validation=0.0, seed=3)), x)

@@ -111,7 +111,7 @@ def _add_train(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "averaged over --pseudo-inputs learned pseudo-inputs started at random training data",
     )
     parser.add_argument(
-        "--pseudo-inputs", type=POSITIVE_INTEGER, default=500, help="pseudo-inputs of --prior vampprior"
+        "--pseudo-inputs", type=POSITIVE_INTEGER, help="pseudo-inputs of --prior vampprior (default 500)"
     )
     parser.add_argument("--guide", default="normal", choices=["normal", "delta"], help="delta: plain autoencoder")
     parser.add_argument("--latent-dim", type=POSITIVE_INTEGER, default=10, help="dimension of z")

@@ -33,7 +33,7 @@ from pyro_vae.data import DataSplits, hide_labels, load_dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.preprocessing import Preprocessor
 from pyro_vae.resume import TrainingState
-from pyro_vae.training import AUTO, History, fit
+from pyro_vae.training import AUTO, History, fit, split_data
 
 
 def _is_binary(x: torch.Tensor) -> bool:
@@ -107,7 +107,9 @@ def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict
     if args.prior == "vampprior":
         if args.conditional or args.guide != "normal":
             raise ValueError("--prior vampprior averages the Normal guide's posterior: drop --conditional and --guide")
-        config |= {"prior": "vampprior", "pseudo_inputs": min(args.pseudo_inputs, len(data.train_x))}
+        config["prior"] = "vampprior"
+    elif args.pseudo_inputs is not None:
+        raise ValueError("--pseudo-inputs sets the VampPrior's pseudo-inputs; add --prior vampprior")
     if args.conditional:
         if data.train_y is None:
             raise ValueError(f"--conditional needs labels, and {args.dataset} has none")
@@ -124,7 +126,15 @@ def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict
     return config
 
 
+def _training_part(train_x: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """The rows of ``train_x`` that :func:`~pyro_vae.fit` trains on, without those it holds out
+    for validation (the same split: the same fraction and seed), to start pseudo-inputs from."""
+    kept = split_data(train_x, args.validation, args.seed)[0]
+    return kept[0] if isinstance(kept, tuple) else kept
+
+
 EDITED = "the file was edited or damaged: start a new run"
+DEFAULT_PSEUDO_INPUTS = 500
 RESUME_OPTIONS = ("resume", "device", "quiet", "accept_changed_data", "command", "command_name")
 
 
@@ -277,8 +287,14 @@ class TrainingRun:
             preprocessor = Preprocessor.from_state_dict(checkpoint.preprocessing)
         train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
         config = _config(args, data, likelihood) | {"arguments": _arguments(args)}
+        pool = None
+        if config.get("prior") == "vampprior" and checkpoint is not None:  # its count, whatever the data now
+            config["pseudo_inputs"] = checkpoint.config["pseudo_inputs"]
+        elif config.get("prior") == "vampprior":
+            pool = _training_part(train_x, args)
+            config["pseudo_inputs"] = min(args.pseudo_inputs or DEFAULT_PSEUDO_INPUTS, len(pool))
         pyro.set_rng_seed(args.seed)
-        model, guide = build_pair(config, train_x if checkpoint is None else None)
+        model, guide = build_pair(config, pool)
         model.likelihood.check_support(train_x)
         return cls(
             args=args,
