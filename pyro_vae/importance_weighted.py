@@ -51,7 +51,7 @@ from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
 
 from pyro_vae.convention import DATA_PLATE
-from pyro_vae.program import data_frame, plate_nesting, sample_sites
+from pyro_vae.program import data_frame, plate_nesting, sample_sites, scales_itself
 from pyro_vae.scoring import PARTICLE_PLATE, per_datum
 
 VECTORIZATION_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
@@ -225,7 +225,7 @@ def minibatch_factor(frame, size: int | None, rows: int) -> float:
     that subsamples (``pyro.plate(name, N, subsample=x)``), else ``size / rows`` as
     :func:`~pyro_vae.program.bind` scales a plate that stands for the batch alone
     (``pyro.plate(name, len(x))``, or ``pyro.plate(name)`` without a size)."""
-    if frame.full_size not in (None, -1) and frame.full_size != frame.size:
+    if scales_itself(frame, rows):
         return frame.full_size / frame.size
     return (size or rows) / rows
 

@@ -52,8 +52,16 @@ class _ScaleToData(Messenger):
         if msg["type"] != "sample":
             return
         frame = data_frame(msg, self.plate)
-        if frame is not None and (frame.full_size if frame.full_size is not None else frame.size) in (self.rows, -1):
+        if frame is not None and not scales_itself(frame, self.rows):
             msg["scale"] = self.factor * msg["scale"]
+
+
+def scales_itself(frame, rows: int) -> bool:
+    """Whether a data plate's frame states a full size of its own, other than the ``rows`` it
+    holds (``pyro.plate(name, N, subsample=x)``): it then scales its sites by N / rows itself, as
+    in :class:`pyro.infer.SVI`; a plate that stands for the batch alone (``pyro.plate(name,
+    len(x))``, ``pyro.plate(name)``) leaves the scaling to :func:`bind`."""
+    return (frame.full_size if frame.full_size is not None else frame.size) not in (rows, -1)
 
 
 @dataclass(frozen=True)
