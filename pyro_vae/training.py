@@ -344,7 +344,7 @@ def _make_svi(
             gradient_hook=hook,
         )
     estimator = LOSSES[options.loss]
-    if issubclass(estimator, ImportanceWeightedELBO):  # vectorized where the program allows
+    if options.importance_weighted:  # vectorized where the program allows
         elbo = estimator(options.num_particles, inspection.plate_nesting, data_plate=inspection.convention.data_plate)
     else:
         elbo = estimator(
@@ -412,6 +412,11 @@ class _Options:
     max_minutes: float | None
     convention: Convention | None
     label_batches: str
+
+    @property
+    def importance_weighted(self) -> bool:
+        """Whether the loss is an importance-weighted bound (``"iwae"``, ``"dreg"``)."""
+        return self.loss in LOSSES and issubclass(LOSSES[self.loss], ImportanceWeightedELBO)
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -731,8 +736,7 @@ class _Validation:
         check_data(x, "the validation data")
         inspection.require_guide_covers_model()
         inspection.check_support(x)
-        weighted = options.loss in LOSSES and issubclass(LOSSES[options.loss], ImportanceWeightedELBO)
-        return cls(x, y, inspection, options.num_particles if weighted else 1)
+        return cls(x, y, inspection, options.num_particles if options.importance_weighted else 1)
 
     def elbo(self) -> float:
         """The mean per-datum validation objective (the ELBO, or the importance-weighted bound),
