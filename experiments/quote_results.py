@@ -106,6 +106,9 @@ EXPERIMENTS: dict[str, Experiment] = {
     "mnist_nll_iwae": Experiment(
         "mnist_nll.py", ("--minutes", "60", "--threads", "1", "--loss", "iwae", "--particles", "5")
     ),
+    "mnist_nll_dreg": Experiment(
+        "mnist_nll.py", ("--minutes", "60", "--threads", "1", "--loss", "dreg", "--particles", "5")
+    ),
     "hierarchical_samples": Experiment(
         "hierarchical_samples.py",
         ("--minutes", "4"),
