@@ -15,11 +15,13 @@ Writes ``class_grid.png`` (a row per class), ``style_transfer.png`` and ``result
 ``--out`` and ends with one ``summary:`` line.
 
     .venv/bin/python experiments/conditional_mnist.py --data-dir ../shared/data/mnist
-    .venv/bin/python experiments/conditional_mnist.py --semi-supervised adgm --labels-per-class 10 --draws 3
+    .venv/bin/python experiments/conditional_mnist.py --semi-supervised adgm --labels-per-class 10 --draws 3 \
+        --semi-supervised-only --m2-epochs 5 --oversample 100   # 100 labels in all, three labelled sets
 
 3. With ``--semi-supervised adgm`` the semi-supervised runs use the auxiliary deep generative
    model (Maaløe et al. 2016, ``models/adgm.py``): q(a | x) q(y | a, x) q(z | a, y, x), and
-   ``--draws`` labelled sets per setting give the mean accuracy and its spread.
+   ``--draws`` labelled sets per setting give the mean accuracy and its spread;
+   ``--semi-supervised-only`` runs only those (no supervised model, no run with every label).
 """
 
 from __future__ import annotations
@@ -111,9 +113,11 @@ def semi_supervised(args, grey_x, train_y, test_x, test_y, per_class: int | None
     binarized afresh in every minibatch (dynamic binarization) or once at 0.5 (``--static``); with
     ``per_class`` labels per class, on ``--draws`` labelled sets (seeds ``--seed``, ``--seed`` + 1,
     ...), accuracy their mean."""
-    draws = [one_draw(args, grey_x, train_y, test_x, test_y, per_class, args.seed + draw) for draw in range(
-        args.draws if per_class is not None else 1
-    )]  # fmt: skip
+    draws = []
+    for draw in range(args.draws if per_class is not None else 1):
+        draws.append(one_draw(args, grey_x, train_y, test_x, test_y, per_class, args.seed + draw))
+        setting = f"{per_class or 'all'} labels per class"
+        print(f"{args.semi_supervised}, {setting}, draw {draw + 1}: {draws[-1]}", flush=True)
     accuracies = torch.tensor([draw["acc"] for draw in draws])
     return {
         "acc": accuracies.mean().item(),
@@ -170,6 +174,11 @@ def main() -> None:
     )
     parser.add_argument("--auxiliary-dim", type=int, default=100, help="dimension of the ADGM's auxiliary latent a")
     parser.add_argument("--draws", type=int, default=1, help="labelled sets drawn per --labels-per-class setting")
+    parser.add_argument(
+        "--semi-supervised-only",
+        action="store_true",
+        help="only the runs with --labels-per-class labels: no supervised model, no run with every label",
+    )
     parser.add_argument("--train-rows", type=int, help="train on the first this many images only (smoke tests)")
     parser.add_argument("--score-samples", type=int, default=50, help="K per class for log p(x | y)")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,14 +191,15 @@ def main() -> None:
     data.train_x, data.train_y = data.train_x[: args.train_rows], data.train_y[: args.train_rows]
     train_x, test_x = (data.train_x > 0.5).float(), (data.test_x > 0.5).float()
     started = time.perf_counter()
-    results = {"supervised": supervised(args, train_x, data.train_y, test_x, data.test_y, out)}
-    print(f"supervised conditional VAE: {results['supervised']}")
-    for per_class in [*args.labels_per_class, None]:
+    results = {}
+    if not args.semi_supervised_only:
+        results["supervised"] = supervised(args, train_x, data.train_y, test_x, data.test_y, out)
+        print(f"supervised conditional VAE: {results['supervised']}")
+    for per_class in args.labels_per_class + ([] if args.semi_supervised_only else [None]):
         name = f"m2_{per_class if per_class is not None else 'all'}"
         results[name] = semi_supervised(args, data.train_x, data.train_y, test_x, data.test_y, per_class)
         print(f"{name}: {results[name]}")
 
-    sup = results["supervised"]
     lines = [
         "# Conditional VAE and M2 on MNIST (binarized at 0.5)",
         "",
@@ -199,11 +209,15 @@ def main() -> None:
         "",
         "| model | labels | metric | value | train minutes |",
         "| --- | --- | --- | ---: | ---: |",
-        f"| conditional VAE (epoch {sup['best_epoch']}, best held-out ELBO) | all | test log p(x), y summed out (nats) "
-        f"| {sup['log_px']:.2f} | {sup['minutes']:.1f} |",
-        f"| conditional VAE | all | generative classifier accuracy | {sup['gen_classifier_acc']:.4f} | |",
-        f"| conditional VAE | all | class consistency of samples | {sup['class_consistency']:.4f} | |",
     ]
+    if "supervised" in results:
+        sup = results["supervised"]
+        lines += [
+            f"| conditional VAE (epoch {sup['best_epoch']}, best held-out ELBO) | all | test log p(x), y summed out "
+            f"(nats) | {sup['log_px']:.2f} | {sup['minutes']:.1f} |",
+            f"| conditional VAE | all | generative classifier accuracy | {sup['gen_classifier_acc']:.4f} | |",
+            f"| conditional VAE | all | class consistency of samples | {sup['class_consistency']:.4f} | |",
+        ]
     for name, result in results.items():
         if name.startswith("m2_"):
             labels = name[3:] + (" per class" if name != "m2_all" else "")
@@ -215,24 +229,37 @@ def main() -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     minutes = (time.perf_counter() - started) / 60
-    print(f"wrote {out}/class_grid.png, style_transfer.png, results.md; total {minutes:.1f} min")
-    m2_100 = results.get("m2_100", {}).get("acc", float("nan"))
-    m2 = " ".join(
-        f"m2_acc_{name[3:]}" + ("_per_class" if name != "m2_all" else "") + f"={result['acc']:.4f}"
-        for name, result in results.items()
-        if name.startswith("m2_") and name != "m2_100"
-    )
-    spreads = "".join(
-        f" m2_acc_{name[3:]}_per_class_sd={result['acc_sd']:.4f}"
-        for name, result in results.items()
-        if name.startswith("m2_") and len(result.get("accs", [])) > 1
-    )
-    print(
-        f"summary: gen_classifier_acc={sup['gen_classifier_acc']:.4f} m2_acc_100_per_class={m2_100:.4f} "
-        f"class_consistency={sup['class_consistency']:.4f} {m2} test_log_px={sup['log_px']:.2f} "
-        f"best_epoch={sup['best_epoch']} minutes={minutes:.1f}{spreads} semi_supervised={args.semi_supervised} "
-        f"draws={args.draws}"
-    )
+    figures = "" if args.semi_supervised_only else "class_grid.png, style_transfer.png, "
+    print(f"wrote {out}/{figures}results.md; total {minutes:.1f} min")
+    print(f"summary: {' '.join(summary_pairs(results, minutes, args))}")
+
+
+def summary_pairs(results: dict, minutes: float, args: argparse.Namespace) -> list[str]:
+    """The summary line's ``key=value`` pairs: the supervised model's (when it ran), then one
+    accuracy per semi-supervised setting (``m2_acc_100_per_class`` always, ``nan`` when not run, as
+    before the other settings existed) and its spread over draws."""
+    pairs = []
+    if "supervised" in results:
+        pairs.append(f"gen_classifier_acc={results['supervised']['gen_classifier_acc']:.4f}")
+    pairs.append(f"m2_acc_100_per_class={results.get('m2_100', {}).get('acc', float('nan')):.4f}")
+    if "supervised" in results:
+        pairs.append(f"class_consistency={results['supervised']['class_consistency']:.4f}")
+    semi = {name[3:]: result for name, result in results.items() if name.startswith("m2_")}
+    pairs += [
+        f"m2_acc_{setting}" + ("_per_class" if setting != "all" else "") + f"={result['acc']:.4f}"
+        for setting, result in semi.items()
+        if setting != "100"
+    ]
+    if "supervised" in results:
+        sup = results["supervised"]
+        pairs += [f"test_log_px={sup['log_px']:.2f}", f"best_epoch={sup['best_epoch']}"]
+    pairs.append(f"minutes={minutes:.1f}")
+    pairs += [
+        f"m2_acc_{setting}_per_class_sd={result['acc_sd']:.4f}"
+        for setting, result in semi.items()
+        if len(result.get("accs", [])) > 1
+    ]
+    return [*pairs, f"semi_supervised={args.semi_supervised}", f"draws={args.draws}"]
 
 
 if __name__ == "__main__":

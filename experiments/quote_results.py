@@ -86,6 +86,14 @@ EXPERIMENTS: dict[str, Experiment] = {
             "style_transfer.png": "docs/conditional_mnist_style_transfer.png",
         },
     ),
+    "conditional_mnist_adgm": Experiment(
+        "conditional_mnist.py",
+        (
+            *("--data-dir", "../shared/data/mnist", "--semi-supervised", "adgm", "--semi-supervised-only"),
+            *("--labels-per-class", "10", "--draws", "3", "--m2-epochs", "5", "--oversample", "100"),
+        ),
+        {"results.md": "docs/conditional_mnist_adgm_results.md"},
+    ),
     "image_ood": Experiment(
         "image_ood.py",
         ("--seeds", "0,1,2"),

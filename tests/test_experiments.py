@@ -121,3 +121,21 @@ def test_image_ood_tabulates_every_pair_of_the_three_sets(tmp_path):
     results = (tmp_path / "results.md").read_text()
     assert "| Omniglot → MNIST |" in results and "| Fashion-MNIST → own test set inverted |" in results
     assert (tmp_path / "typicality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_conditional_mnist_runs_only_the_adgm_draws_when_asked(tmp_path):
+    data = ROOT.parent / "shared" / "data" / "mnist"
+    if not data.is_dir():
+        pytest.skip(f"MNIST missing from {data}")
+    values = summary(
+        "conditional_mnist.py",
+        *("--data-dir", str(data), "--out", str(tmp_path), "--train-rows", "300", "--semi-supervised", "adgm"),
+        *("--semi-supervised-only", "--labels-per-class", "2", "--draws", "2", "--m2-epochs", "1"),
+        *("--hidden", "16", "--latent-dim", "2", "--auxiliary-dim", "2", "--classifier-arch", "mlp"),
+    )
+    assert "gen_classifier_acc" not in values and "m2_acc_all" not in values  # no supervised, no all-labels run
+    assert values["semi_supervised"] == "adgm" and values["draws"] == "2"
+    assert 0 <= float(values["m2_acc_2_per_class"]) <= 1 and float(values["m2_acc_2_per_class_sd"]) >= 0
+    assert math.isnan(float(values["m2_acc_100_per_class"]))
+    results = (tmp_path / "results.md").read_text()
+    assert "| ADGM (1 epochs) | 2 per class | q(y|x) test accuracy |" in results and "(2 draws)" in results
