@@ -27,7 +27,9 @@ def _save(figure: Figure, path: str | Path) -> Path:
 
 
 def plot_history(history: History, path: str | Path, title: str = "Training") -> Path:
-    """ELBO per datum against epoch, training objective and validation ELBO."""
+    """The objective per datum against epoch (the ELBO, or the importance-weighted bound that
+    trained the pair: :attr:`History.objective <pyro_vae.training.History.objective>`), on the
+    training minibatches and on the validation data."""
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
     axes.plot(history.epoch, history.train_elbo, label="training (minibatch average)", color="tab:blue")
@@ -36,7 +38,7 @@ def plot_history(history: History, path: str | Path, title: str = "Training") ->
     if history.best_epoch is not None:
         axes.axvline(history.best_epoch, color="grey", linestyle=":", label=f"best epoch ({history.best_epoch})")
     axes.set_xlabel("epoch")
-    axes.set_ylabel("ELBO per datum (nats)")
+    axes.set_ylabel(f"{history.objective} per datum (nats)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()

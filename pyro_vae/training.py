@@ -66,7 +66,9 @@ Data = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Dataset
 class History:
     """What :func:`fit` did, one entry per epoch. ELBOs are per datum, in nats; ``train_elbo`` is
     the minibatch average of the β-weighted training objective, ``val_elbo`` the plain ELBO
-    (β = 1) of the validation data, or NaN without validation data."""
+    (β = 1) of the validation data, or NaN without validation data. With an importance-weighted
+    loss both columns hold that loss's K-draw bound instead, as ``objective`` says (the columns
+    keep their names, so that a history reads the same whatever trained it)."""
 
     epoch: list[int] = field(default_factory=list)
     train_elbo: list[float] = field(default_factory=list)
@@ -77,6 +79,7 @@ class History:
     stopped_early: bool = False
     rollbacks: int = 0
     estimator: str | None = None  # the ELBO that trained the pair at the end: "FastSVI", "Trace_ELBO", ...
+    objective: str = "ELBO"  # what train_elbo and val_elbo hold: "ELBO", or "IWAE bound (K = 5)"
 
     def append(self, epoch: int, train_elbo: float, val_elbo: float, kl_weight: float, seconds: float) -> None:
         self.epoch.append(epoch)
@@ -418,6 +421,11 @@ class _Options:
         """Whether the loss is an importance-weighted bound (``"iwae"``, ``"dreg"``)."""
         return self.loss in LOSSES and issubclass(LOSSES[self.loss], ImportanceWeightedELBO)
 
+    @property
+    def objective(self) -> str:
+        """What the history's columns hold (:attr:`History.objective`)."""
+        return f"IWAE bound (K = {self.num_particles})" if self.importance_weighted else "ELBO"
+
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
@@ -615,9 +623,10 @@ class _Run:
         if options.distributed:  # the same minibatch order in every process, each its own draws
             pyro.set_rng_seed(options.seed + parallel.rank())
         generator = torch.Generator().manual_seed(seed)
+        history, best = History(objective=options.objective), _BestEpoch(parameters, options.patience is not None)
         return cls(
             options, inspection.model, inspection.guide, train_data, size, validation, device, inspection, svi,
-            parameters, kl_handler, generator, History(), _BestEpoch(parameters, options.patience is not None),
+            parameters, kl_handler, generator, history, best,
         )  # fmt: skip
 
     def train(self) -> History:

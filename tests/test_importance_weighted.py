@@ -345,3 +345,5 @@ def test_validation_follows_the_bound_that_training_maximizes():
     bound = pyro_vae.log_likelihood(model, guide, held_out, num_samples=50).mean().item()
     elbo = pyro_vae.elbo(model, guide, held_out, num_samples=50).mean().item()
     assert history.val_elbo[0] == pytest.approx(bound, abs=0.02) and bound > elbo + 0.2
+    assert history.objective == "IWAE bound (K = 50)"
+    assert fit(model, guide, train, epochs=1, lr=0.0, seed=0).objective == "ELBO"

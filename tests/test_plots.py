@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from pyro_vae import plots
+from pyro_vae.training import History
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -107,3 +109,15 @@ def test_a_score_histogram_with_0_1_labels_draws_the_two_groups(tmp_path, monkey
     assert legend == ["normal (label 0): 90", "novel (label 1): 10"]
     plots.score_histogram(scores, tmp_path / "h.png", "scores")
     assert drawn["figure"].axes[0].get_legend() is None  # one group without labels
+
+
+def test_the_history_plot_names_the_objective_that_trained_the_pair(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: drawn.append(figure) or Path(path))
+    for objective in ("ELBO", "IWAE bound (K = 5)"):
+        history = History([1, 2], [-3.0, -2.0], [-3.5, -2.5], [1, 1], [1, 1], objective=objective)
+        plots.plot_history(history, tmp_path / "elbo.png")
+    assert [figure.axes[0].get_ylabel() for figure in drawn] == [
+        "ELBO per datum (nats)",
+        "IWAE bound (K = 5) per datum (nats)",
+    ]

@@ -431,7 +431,8 @@ class TrainingRun:
         (out / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
         self.history.to_csv(out / "history.csv")
         written += [out / "config.json", out / "history.csv"]
-        written.append(plots.plot_history(self.history, out / "elbo.png", f"{args.dataset}: ELBO per datum"))
+        title = f"{args.dataset}: {self.history.objective} per datum"
+        written.append(plots.plot_history(self.history, out / "elbo.png", title))
         return written
 
     def _evaluate(self) -> tuple[dict, list[Path]]:
