@@ -31,6 +31,7 @@ import pyro_vae
 from pyro_vae.checkpoint import save_checkpoint
 from pyro_vae.guides import AmortizedNormal, TopDownGuide
 from pyro_vae.models import VAE, HierarchicalVAE, VampPriorVAE
+from pyro_vae.models.vampprior import initial_pseudo_inputs
 
 PUBLISHED = {
     "Pythae VAE": 89.78,
@@ -55,7 +56,7 @@ def build(args: argparse.Namespace, hidden: list[int], train: torch.Tensor):
     shape = (1, 28, 28)
 
     def pseudo_inputs() -> torch.Tensor:
-        return 0.05 + 0.9 * train[torch.randperm(len(train))[: args.pseudo_inputs]]
+        return initial_pseudo_inputs(train, args.pseudo_inputs, (0.0, 1.0))
 
     if args.model == "hierarchical":
         model = HierarchicalVAE.build(shape, args.latent_dim, hidden, "mlp", "bernoulli", args.layers)

@@ -36,8 +36,19 @@ def check_pseudo_inputs(pseudo_inputs: torch.Tensor, bounds: tuple[float, float]
     if bounds is not None and not ((pseudo_inputs > bounds[0]) & (pseudo_inputs < bounds[1])).all():
         raise ValueError(
             f"pseudo_inputs must lie strictly inside bounds {bounds}: on or outside a bound the clip passes no "
-            "gradient; shrink them first, e.g. 0.05 + 0.9 * x for data in [0, 1]"
+            "gradient; shrink them first (initial_pseudo_inputs does), e.g. 0.05 + 0.9 * x for data in [0, 1]"
         )
+
+
+def initial_pseudo_inputs(data: torch.Tensor, count: int, bounds: tuple[float, float] | None) -> torch.Tensor:
+    """``count`` random rows of ``data`` (drawn with torch's global generator, as network
+    initialisation is) as initial pseudo-inputs, moved 5 % of the way from each bound towards the
+    middle (``0.05 + 0.9 x`` on [0, 1]) so that the clip passes gradients."""
+    chosen = data[torch.randperm(len(data))[:count]].float()
+    if bounds is None:
+        return chosen
+    low, high = bounds
+    return low + (high - low) * (0.05 + 0.9 * (chosen - low) / (high - low))
 
 
 def vampprior(

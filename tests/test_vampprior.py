@@ -14,6 +14,7 @@ from pyro_vae.distributions import DiagonalNormalMixture
 from pyro_vae.fast_svi import FastSVI
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.models import VampPriorVAE
+from pyro_vae.models.vampprior import check_pseudo_inputs, initial_pseudo_inputs
 
 SHAPE = (1, 6, 6)
 
@@ -196,3 +197,16 @@ def test_pseudo_inputs_start_at_training_rows_not_at_held_out_ones():
     (_, _), (held_out, _) = split_data(x, 0.2, 3)
     assert len(pool) == 40 and not set(pool.flatten().tolist()) & set(held_out.flatten().tolist())
     assert torch.equal(_training_part(x, argparse.Namespace(validation=0.0, seed=3)), x)
+
+
+def test_initial_pseudo_inputs_are_training_rows_moved_inside_the_bounds():
+    data = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.5, 0.25]])
+    torch.manual_seed(3)
+    shrunk = initial_pseudo_inputs(data, 3, (0.0, 1.0))
+    torch.manual_seed(3)
+    rows = data[torch.randperm(4)[:3]]
+    assert torch.equal(shrunk, 0.05 + 0.9 * rows)  # the formula the experiments used before, bit for bit
+    wide = initial_pseudo_inputs(4 * data - 2, 4, (-2.0, 2.0))
+    assert wide.min() == pytest.approx(-1.8) and wide.max() == pytest.approx(1.8)
+    check_pseudo_inputs(wide, (-2.0, 2.0))
+    assert torch.equal(initial_pseudo_inputs(data, 4, None).sort(0).values, data.sort(0).values)

@@ -18,6 +18,7 @@ from pyro_vae.device import resolve_device
 from pyro_vae.guides import AmortizedDelta, AmortizedNormal, ConditionalNormal, TopDownGuide
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.models import VAE, ConditionalVAE, HierarchicalVAE, VampPriorVAE
+from pyro_vae.models.vampprior import initial_pseudo_inputs
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.preprocessing import Preprocessor
 
@@ -60,8 +61,7 @@ def pseudo_inputs(config: dict, train_x: torch.Tensor | None = None) -> tuple[to
     bounds = (0.0, 1.0) if config["likelihood"] in BOUNDED_LIKELIHOODS else None
     if train_x is None:
         return torch.full((count, *shape), 0.5 if bounds else 0.0), bounds
-    chosen = train_x[torch.randperm(len(train_x))[:count]].float()
-    return (0.05 + 0.9 * chosen if bounds else chosen), bounds
+    return initial_pseudo_inputs(train_x, count, bounds), bounds
 
 
 def _build_hierarchical(config: dict, train_x: torch.Tensor | None) -> tuple[HierarchicalVAE, TopDownGuide]:
