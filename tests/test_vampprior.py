@@ -186,6 +186,26 @@ def test_the_command_line_refuses_the_vampprior_without_a_normal_guide(tmp_path)
     assert result.returncode == 2 and "add --prior vampprior" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"model": "hierarchical", "layers": 2, "conditional": True, "num_classes": 10},
+        {"model": "hierarchical", "layers": 2, "guide": "delta"},
+        {"prior": "vampprior", "pseudo_inputs": 4, "conditional": True, "num_classes": 10},
+        {"prior": "vampprior", "pseudo_inputs": 4, "guide": "delta"},
+    ],
+    ids=["hierarchical-conditional", "hierarchical-delta", "vampprior-conditional", "vampprior-delta"],
+)
+def test_a_stock_configuration_no_pair_has_is_refused_naming_what_to_drop(changes):
+    """The same refusal for a config read from a checkpoint as for the command line's flags: a
+    conditional VampPrior config used to build the conditional VAE and drop the prior silently."""
+    from pyro_vae.cli.stock import build_pair
+
+    config = {"x_shape": [1, 8, 8], "latent_dim": 2, "hidden": [8], "arch": "mlp", "likelihood": "bernoulli"}
+    with pytest.raises(ValueError, match="drop --conditional and --guide"):
+        build_pair(config | {"guide": "normal"} | changes)
+
+
 def test_pseudo_inputs_start_at_training_rows_not_at_held_out_ones():
     import argparse
 

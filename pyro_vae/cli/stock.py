@@ -64,13 +64,24 @@ def pseudo_inputs(config: dict, train_x: torch.Tensor | None = None) -> tuple[to
     return initial_pseudo_inputs(train_x, count, bounds), bounds
 
 
-def _build_hierarchical(config: dict, train_x: torch.Tensor | None) -> tuple[HierarchicalVAE, TopDownGuide]:
-    if config.get("conditional"):
-        raise ValueError("the hierarchical VAE is unconditional; drop 'conditional' or use model 'vae'")
-    if config.get("guide") != "normal":
+def check_combination(config: dict) -> None:
+    """Refuse a configuration that combines options no stock pair has, naming the flags (and
+    config keys) to drop: the hierarchical VAE and the VampPrior need the unconditional Normal guide
+    (the top-down guide, or the posterior the VampPrior averages)."""
+    other_guide = config.get("conditional") or config.get("guide") != "normal"
+    if config.get("model", "vae") == "hierarchical" and other_guide:
         raise ValueError(
-            f"the hierarchical VAE infers its layers with its top-down Normal guide, not {config.get('guide')!r}"
+            "--model hierarchical is unconditional, with its own top-down Normal guide: "
+            "drop --conditional and --guide (config keys 'conditional', 'guide')"
         )
+    if config.get("prior") == "vampprior" and other_guide:
+        raise ValueError(
+            "--prior vampprior averages the Normal guide's posterior: "
+            "drop --conditional and --guide (config keys 'conditional', 'guide')"
+        )
+
+
+def _build_hierarchical(config: dict, train_x: torch.Tensor | None) -> tuple[HierarchicalVAE, TopDownGuide]:
     x_shape, latent_dim, hidden, arch = config["x_shape"], config["latent_dim"], config["hidden"], config["arch"]
     options = config.get("likelihood_options", {})
     model = HierarchicalVAE.build(x_shape, latent_dim, hidden, arch, config["likelihood"], config["layers"], **options)
@@ -84,7 +95,9 @@ def build_pair(config: dict, train_x: torch.Tensor | None = None) -> tuple[Model
     """The stock model and guide that ``config`` describes (untrained): its ``"model"``, ``"vae"``
     (the default) or ``"hierarchical"`` (with ``"layers"`` stochastic layers of ``"latent_dim"``
     dimensions each), or the conditional VAE; with ``"prior": "vampprior"`` the VampPrior over
-    ``"pseudo_inputs"`` pseudo-inputs, started at random rows of ``train_x`` when given."""
+    ``"pseudo_inputs"`` pseudo-inputs, started at random rows of ``train_x`` when given; a
+    combination no stock pair has is refused (:func:`check_combination`)."""
+    check_combination(config)
     if config.get("model", "vae") == "hierarchical":
         return _build_hierarchical(config, train_x)
     if config.get("conditional"):

@@ -28,7 +28,15 @@ from pyro_vae.cli.report import (
     style_transfer,
 )
 from pyro_vae.cli.run_folder import RunLock, check_new_run, check_writable, data_fingerprint
-from pyro_vae.cli.stock import CHECKPOINT_NAME, Guide, Model, build_pair, check_config, checkpoint_path
+from pyro_vae.cli.stock import (
+    CHECKPOINT_NAME,
+    Guide,
+    Model,
+    build_pair,
+    check_combination,
+    check_config,
+    checkpoint_path,
+)
 from pyro_vae.data import DataSplits, hide_labels, load_dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.preprocessing import Preprocessor
@@ -96,17 +104,10 @@ def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict
         "model": args.model,
     }
     if args.model == "hierarchical":
-        if args.conditional or args.guide != "normal":
-            raise ValueError(
-                "--model hierarchical is unconditional, with its own top-down Normal guide: "
-                "drop --conditional and --guide"
-            )
         config["layers"] = args.layers or 2
     elif args.layers is not None:
         raise ValueError("--layers sets the stochastic layers of --model hierarchical; add --model hierarchical")
     if args.prior == "vampprior":
-        if args.conditional or args.guide != "normal":
-            raise ValueError("--prior vampprior averages the Normal guide's posterior: drop --conditional and --guide")
         config["prior"] = "vampprior"
     elif args.pseudo_inputs is not None:
         raise ValueError("--pseudo-inputs sets the VampPrior's pseudo-inputs; add --prior vampprior")
@@ -123,6 +124,7 @@ def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict
         }
     elif args.labels_per_class is not None:
         raise ValueError("--labels-per-class trains the semi-supervised conditional VAE; add --conditional")
+    check_combination(config)
     return config
 
 
