@@ -98,6 +98,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=float, default=10.0, help="epochs of linear KL warm-up (0: none)")
+    parser.add_argument(
+        "--free-bits", type=float, default=0.0, help="floor each latent site's KL term at this many nats (0: none)"
+    )
     parser.add_argument("--patience", type=int, default=30, help="early stopping on the validation ELBO")
     parser.add_argument("--num-samples", type=int, default=5000, help="importance samples K for the test NLL")
     parser.add_argument("--threads", type=int, default=2)
@@ -121,6 +124,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_epochs=args.warmup,
+        free_bits=args.free_bits,
         validation=data["valid"],
         patience=args.patience,
         seed=args.seed,

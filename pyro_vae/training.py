@@ -32,6 +32,7 @@ from pyro_vae import distributed as parallel
 from pyro_vae.convention import DEFAULT, Convention, missing_labels
 from pyro_vae.device import resolve_device
 from pyro_vae.fast_svi import FastSVI
+from pyro_vae.free_bits import FreeBitsELBO
 from pyro_vae.importance_weighted import DoublyReparameterizedELBO, ImportanceWeightedELBO
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.optim import JointOptim, make_optimizer
@@ -334,7 +335,15 @@ def _make_svi(
     model: Callable, guide: Callable, optim: JointOptim, options: _Options, inspection: Inspection, hook
 ) -> Stepper:
     """:class:`FastSVI` for ``loss="auto"`` (it serves the pair or hands it to the Pyro ELBO that
-    does), else Pyro's SVI with the ELBO asked for."""
+    does), else Pyro's SVI with the ELBO asked for; with free bits, Pyro's SVI with
+    :class:`~pyro_vae.free_bits.FreeBitsELBO`."""
+    particles = {
+        "num_particles": options.num_particles,
+        "vectorize_particles": options.vectorize_particles,
+        "max_plate_nesting": inspection.plate_nesting,
+    }
+    if options.free_bits > 0:
+        return SVI(model, guide, optim, FreeBitsELBO(options.free_bits, **particles))
     if options.loss == AUTO:
         return FastSVI(
             model,
@@ -350,11 +359,7 @@ def _make_svi(
     if options.importance_weighted:  # vectorized where the program allows
         elbo = estimator(options.num_particles, inspection.plate_nesting, data_plate=inspection.convention.data_plate)
     else:
-        elbo = estimator(
-            num_particles=options.num_particles,
-            vectorize_particles=options.vectorize_particles,
-            max_plate_nesting=inspection.plate_nesting,
-        )
+        elbo = estimator(**particles)
     return SVI(model, guide, optim, elbo)
 
 
@@ -402,6 +407,7 @@ class _Options:
     vectorize_particles: bool
     beta: float
     warmup_epochs: float
+    free_bits: float
     validation: float | Data | None
     patience: int | None
     device: str
@@ -423,8 +429,10 @@ class _Options:
 
     @property
     def objective(self) -> str:
-        """What the history's columns hold (:attr:`History.objective`)."""
-        return f"IWAE bound (K = {self.num_particles})" if self.importance_weighted else "ELBO"
+        """What the history's training column holds (:attr:`History.objective`)."""
+        if self.importance_weighted:
+            return f"IWAE bound (K = {self.num_particles})"
+        return f"ELBO with free bits (λ = {self.free_bits:g})" if self.free_bits > 0 else "ELBO"
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -441,6 +449,14 @@ class _Options:
             raise ValueError(f"label_batches must be one of {LABEL_BATCHES}, got {self.label_batches!r}")
         if self.num_particles < 1:
             raise ValueError(f"num_particles must be at least 1, got {self.num_particles}")
+        if not 0 <= self.free_bits < math.inf:
+            raise ValueError(f"free_bits must be a finite number of nats ≥ 0, got {self.free_bits}")
+        if self.free_bits > 0 and self.loss not in (AUTO, "trace"):
+            raise ValueError(
+                f"free_bits floors the ELBO's KL terms: train with loss='auto' or 'trace', not {self.loss!r}"
+            )
+        if self.free_bits > 0 and self.distributed:
+            raise ValueError("free_bits trains with Pyro's SVI, which distributed training does not average; drop one")
 
 
 def fit(
@@ -458,6 +474,7 @@ def fit(
     vectorize_particles: bool = False,
     beta: float = 1.0,
     warmup_epochs: float = 0.0,
+    free_bits: float = 0.0,
     validation: float | Data | None = 0.1,
     patience: int | None = None,
     device: str = "cpu",
@@ -505,6 +522,11 @@ def fit(
     :param float beta: the KL weight β (Higgins et al. 2017), applied to every latent site of the
         model and the guide.
     :param float warmup_epochs: raise β linearly from 0 over this many epochs.
+    :param float free_bits: λ > 0 floors every latent site's KL term at λ nats per datum
+        (:class:`~pyro_vae.free_bits.FreeBitsELBO`, Kingma et al. 2016), so that no site can
+        collapse onto its prior for a gain: the lower layers of a hierarchical VAE. Trains with
+        ``loss="auto"`` or ``"trace"`` through Pyro's SVI; the reported training objective is the
+        floored one, the validation ELBO the plain ELBO.
     :param validation: a fraction of ``data`` to hold out, explicit validation data, or ``None``.
         Explicit validation data are checked as the training data are (and must have their datum
         shape and dtype). The validation ELBO (β = 1, one particle; for ``"iwae"`` and ``"dreg"``

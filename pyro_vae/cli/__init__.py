@@ -134,6 +134,13 @@ def _add_train(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--particles", type=POSITIVE_INTEGER, default=1, help="ELBO particles per step (vectorized)")
     parser.add_argument("--beta", type=NONNEGATIVE, default=1.0, help="KL weight")
     parser.add_argument("--warmup", type=NONNEGATIVE, default=0.0, help="epochs of linear KL warm-up from 0 to --beta")
+    parser.add_argument(
+        "--free-bits",
+        type=NONNEGATIVE,
+        default=0.0,
+        help="floor every latent site's KL term at this many nats per datum (0: none), e.g. against the collapse of a "
+        "hierarchical VAE's lower layers (trains with Pyro's SVI and FreeBitsELBO)",
+    )
     parser.add_argument("--validation", type=FRACTION, default=0.1, help="fraction of the training data held out")
     parser.add_argument(
         "--patience", type=POSITIVE_INTEGER, help="early stopping: epochs without validation improvement"

@@ -395,6 +395,7 @@ class TrainingRun:
             vectorize_particles=args.particles > 1,
             beta=args.beta,
             warmup_epochs=args.warmup,
+            free_bits=args.free_bits,
             validation=args.validation,
             patience=args.patience,
             device=str(self.device),
@@ -427,7 +428,7 @@ class TrainingRun:
     def _write_training(self) -> list[Path]:
         """The checkpoint with the training options, ``config.json``, ``history.csv`` and ``elbo.png``."""
         args, out = self.args, self.out
-        options = ("epochs", "batch_size", "lr", "clip_norm", "particles", "beta", "warmup", "seed")
+        options = ("epochs", "batch_size", "lr", "clip_norm", "particles", "beta", "warmup", "free_bits", "seed")
         self.config["training"] = {key: getattr(args, key) for key in options} | {"loss": self.loss}
         written = [self.save_checkpoint(None if self.last_state is None else self.last_state.to_dict())]
         (out / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
