@@ -137,7 +137,7 @@ def main() -> None:
     save_checkpoint(out / "checkpoint.pt", model, guide, {"script": "mnist_nll", "arguments": vars(args)})
     print(
         f"trained {len(history.epoch)} epochs in {train_minutes:.1f} min ({cpu_minutes:.1f} CPU-min); best epoch "
-        f"{history.best_epoch}, validation {history.objective} {max(history.val_elbo):.2f}"
+        f"{history.best_epoch}, validation {history.validation_objective} {max(history.val_elbo):.2f}"
     )
     model.eval()
     guide.eval()

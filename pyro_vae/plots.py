@@ -27,18 +27,21 @@ def _save(figure: Figure, path: str | Path) -> Path:
 
 
 def plot_history(history: History, path: str | Path, title: str = "Training") -> Path:
-    """The objective per datum against epoch (the ELBO, or the importance-weighted bound that
-    trained the pair: :attr:`History.objective <pyro_vae.training.History.objective>`), on the
-    training minibatches and on the validation data."""
+    """The objective per datum against epoch, on the training minibatches and on the validation
+    data, named as the history names them (the ELBO, the importance-weighted bound, the ELBO with
+    free bits: :class:`~pyro_vae.training.History`)."""
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
-    axes.plot(history.epoch, history.train_elbo, label="training (minibatch average)", color="tab:blue")
+    same = history.objective == history.validation_objective
+    training = "training (minibatch average)" if same else f"training: {history.objective} (minibatch average)"
+    axes.plot(history.epoch, history.train_elbo, label=training, color="tab:blue")
     if not all(math.isnan(v) for v in history.val_elbo):
-        axes.plot(history.epoch, history.val_elbo, label="validation", color="tab:orange")
+        validation = "validation" if same else f"validation: {history.validation_objective}"
+        axes.plot(history.epoch, history.val_elbo, label=validation, color="tab:orange")
     if history.best_epoch is not None:
         axes.axvline(history.best_epoch, color="grey", linestyle=":", label=f"best epoch ({history.best_epoch})")
     axes.set_xlabel("epoch")
-    axes.set_ylabel(f"{history.objective} per datum (nats)")
+    axes.set_ylabel(f"{history.objective if same else 'objective'} per datum (nats)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()

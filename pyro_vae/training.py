@@ -32,11 +32,11 @@ from pyro_vae import distributed as parallel
 from pyro_vae.convention import DEFAULT, Convention, missing_labels
 from pyro_vae.device import resolve_device
 from pyro_vae.fast_svi import FastSVI
-from pyro_vae.free_bits import FreeBitsELBO
+from pyro_vae.free_bits import FreeBitsELBO, check_floorable
 from pyro_vae.importance_weighted import DoublyReparameterizedELBO, ImportanceWeightedELBO
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.optim import JointOptim, make_optimizer
-from pyro_vae.program import Bound, Inspection, bind, inspect_pair
+from pyro_vae.program import Bound, Inspection, bind, inspect_pair, latent_sites
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
 from pyro_vae.scoring import DEFAULT_MAX_BATCH, INSPECTED_ROWS, _Scorer, particle_logsumexp
@@ -67,9 +67,10 @@ Data = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Dataset
 class History:
     """What :func:`fit` did, one entry per epoch. ELBOs are per datum, in nats; ``train_elbo`` is
     the minibatch average of the β-weighted training objective, ``val_elbo`` the plain ELBO
-    (β = 1) of the validation data, or NaN without validation data. With an importance-weighted
-    loss both columns hold that loss's K-draw bound instead, as ``objective`` says (the columns
-    keep their names, so that a history reads the same whatever trained it)."""
+    (β = 1) of the validation data, or NaN without validation data. ``objective`` and
+    ``validation_objective`` say what the two columns hold: with an importance-weighted loss
+    both hold its K-draw bound, with free bits the training column holds the floored objective
+    (the columns keep their names, so that a history reads the same whatever trained it)."""
 
     epoch: list[int] = field(default_factory=list)
     train_elbo: list[float] = field(default_factory=list)
@@ -80,7 +81,8 @@ class History:
     stopped_early: bool = False
     rollbacks: int = 0
     estimator: str | None = None  # the ELBO that trained the pair at the end: "FastSVI", "Trace_ELBO", ...
-    objective: str = "ELBO"  # what train_elbo and val_elbo hold: "ELBO", or "IWAE bound (K = 5)"
+    objective: str = "ELBO"  # what train_elbo holds: "ELBO", "IWAE bound (K = 5)", "ELBO with free bits (λ = 2)"
+    validation_objective: str = "ELBO"  # what val_elbo holds: "ELBO" or "IWAE bound (K = 5)"
 
     def append(self, epoch: int, train_elbo: float, val_elbo: float, kl_weight: float, seconds: float) -> None:
         self.epoch.append(epoch)
@@ -343,7 +345,10 @@ def _make_svi(
         "max_plate_nesting": inspection.plate_nesting,
     }
     if options.free_bits > 0:
-        return SVI(model, guide, optim, FreeBitsELBO(options.free_bits, **particles))
+        for site in latent_sites(inspection.guide_trace).values():  # the first batch's; later ones as they come
+            check_floorable(site)
+        plate = inspection.convention.data_plate
+        return SVI(model, guide, optim, FreeBitsELBO(options.free_bits, plate, **particles))
     if options.loss == AUTO:
         return FastSVI(
             model,
@@ -430,9 +435,15 @@ class _Options:
     @property
     def objective(self) -> str:
         """What the history's training column holds (:attr:`History.objective`)."""
-        if self.importance_weighted:
-            return f"IWAE bound (K = {self.num_particles})"
-        return f"ELBO with free bits (λ = {self.free_bits:g})" if self.free_bits > 0 else "ELBO"
+        if self.free_bits > 0:
+            return f"ELBO with free bits (λ = {self.free_bits:g})"
+        return self.validation_objective
+
+    @property
+    def validation_objective(self) -> str:
+        """What the history's validation column holds: the bound an importance-weighted loss
+        trains, else the ELBO."""
+        return f"IWAE bound (K = {self.num_particles})" if self.importance_weighted else "ELBO"
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -455,6 +466,8 @@ class _Options:
             raise ValueError(
                 f"free_bits floors the ELBO's KL terms: train with loss='auto' or 'trace', not {self.loss!r}"
             )
+        if self.free_bits > 0 and self.vectorize_particles:
+            raise ValueError("free_bits floor each particle's KL terms; use vectorize_particles=False")
         if self.free_bits > 0 and self.distributed:
             raise ValueError("free_bits trains with Pyro's SVI, which distributed training does not average; drop one")
 
@@ -645,7 +658,8 @@ class _Run:
         if options.distributed:  # the same minibatch order in every process, each its own draws
             pyro.set_rng_seed(options.seed + parallel.rank())
         generator = torch.Generator().manual_seed(seed)
-        history, best = History(objective=options.objective), _BestEpoch(parameters, options.patience is not None)
+        history = History(objective=options.objective, validation_objective=options.validation_objective)
+        best = _BestEpoch(parameters, options.patience is not None)
         return cls(
             options, inspection.model, inspection.guide, train_data, size, validation, device, inspection, svi,
             parameters, kl_handler, generator, history, best,
@@ -814,7 +828,15 @@ def _state(epoch: int, svi: Stepper, history: History, best: _BestEpoch, generat
 
 
 def _resume(state: TrainingState, svi: Stepper, history: History, best: _BestEpoch, generator: torch.Generator) -> int:
-    """Put the loop where ``state`` left it; returns the next epoch."""
+    """Put the loop where ``state`` left it; returns the next epoch. A state saved by a run that
+    trained another objective (another loss, K or free bits) is refused: the history would mix
+    the two under one name."""
+    saved = state.history.get("objective", history.objective)  # states saved before the field: no check
+    if saved != history.objective:
+        raise ValueError(
+            f"the run being resumed trained the {saved}, and these options train the {history.objective}: resume "
+            "with the loss, num_particles and free_bits it started with"
+        )
     for key, value in state.history.items():
         setattr(history, key, value)
     best.val_elbo, best.parameters = state.best_val_elbo, state.best_parameters

@@ -59,16 +59,18 @@ def site_terms(x, size, seed=0):
     return kl, factor * torch.distributions.Normal(0.0, 2.0).log_prob(x).sum()
 
 
-def test_zero_free_bits_is_trace_elbo():
-    x = torch.randn(7)
-    loss, grads = loss_and_grads(FreeBitsELBO(0.0), x)
+def test_a_floor_below_every_term_is_trace_elbo():
+    x, floor = torch.linspace(-1.0, 1.0, 7), 1e-6
+    kl, _ = site_terms(x, 7)
+    assert min(kl.values()) > floor * 7
+    loss, grads = loss_and_grads(FreeBitsELBO(floor), x)
     reference, reference_grads = loss_and_grads(Trace_ELBO(), x)
     assert loss == pytest.approx(reference, rel=1e-6)
     for name in grads:
         assert torch.allclose(grads[name], reference_grads[name], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("free_bits", [0.0, 0.05, 0.5, 5.0])
+@pytest.mark.parametrize("free_bits", [0.05, 0.5, 5.0])
 def test_each_site_is_floored_at_free_bits_per_datum_of_the_whole_data_set(free_bits):
     """A minibatch of 10 of 100 data: each site's term is N/B times its minibatch sum, and the
     floor λ N, with N = 100."""
@@ -151,12 +153,86 @@ def test_fit_names_the_floored_objective_and_refuses_what_cannot_carry_it():
     x = torch.randn(32)
     pyro.set_rng_seed(0)
     history = pyro_vae.fit(Collapsing(), Encoder(), x, free_bits=0.5, epochs=1, validation=None)
-    assert history.objective == "ELBO with free bits (λ = 0.5)"
+    assert (history.objective, history.validation_objective) == ("ELBO with free bits (λ = 0.5)", "ELBO")
     with pytest.raises(ValueError, match="loss='auto' or 'trace', not 'iwae'"):
         pyro_vae.fit(Collapsing(), Encoder(), x, free_bits=0.5, loss="iwae", num_particles=2)
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="free_bits must be a finite number of nats ≥ 0"):
             pyro_vae.fit(Collapsing(), Encoder(), x, free_bits=bad)
+    with pytest.raises(ValueError, match="use vectorize_particles=False"):
+        pyro_vae.fit(Collapsing(), Encoder(), x, free_bits=0.5, num_particles=2, vectorize_particles=True)
+    with pytest.raises(ValueError, match="for none use Trace_ELBO"):
+        FreeBitsELBO(0.0)
+
+
+def vector_pair(as_plate: bool, with_global: bool):
+    """z holds 5 numbers per datum, as an event or as a plate inside the data plate; optionally a
+    global latent g outside the data plate."""
+
+    def draw(name, fn):
+        if as_plate:
+            with pyro.plate("dims", 5, dim=-1):
+                return pyro.sample(name, fn.expand([5]))
+        return pyro.sample(name, fn.expand([5]).to_event(1))
+
+    def model(x, y=None, size=None):
+        if with_global:
+            pyro.sample("g", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", size or len(x), subsample=x, dim=-2 if as_plate else -1):
+            draw("z", dist.Normal(0.0, 1.0))
+
+    def guide(x, y=None, size=None):
+        if with_global:
+            pyro.sample("g", dist.Normal(0.2, 0.5))
+        with pyro.plate("data", size or len(x), subsample=x, dim=-2 if as_plate else -1):
+            draw("z", dist.Normal(0.1, 0.9))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("as_plate", [False, True], ids=["event", "plate"])
+def test_the_floor_counts_data_not_elements_and_leaves_global_latents_alone(as_plate):
+    """A floor far above every term: the loss is λ N for z, whether its 5 numbers per datum are
+    an event or a plate, plus g's own (unfloored) KL term."""
+    x, size, free_bits = torch.zeros(10, 1) if as_plate else torch.zeros(10), 100, 50.0
+    model, guide = vector_pair(as_plate, with_global=True)
+    elbo = FreeBitsELBO(free_bits, max_plate_nesting=2)
+    with poutine.seed(rng_seed=0):
+        loss = elbo.loss(model, guide, x, size=size)
+    with poutine.seed(rng_seed=0):
+        drawn = poutine.trace(guide).get_trace(x, size=size)
+    g = drawn.nodes["g"]["value"]
+    global_kl = dist.Normal(0.2, 0.5).log_prob(g) - dist.Normal(0.0, 1.0).log_prob(g)
+    assert loss == pytest.approx(free_bits * size + global_kl.item(), rel=1e-6)
+
+
+def test_each_particle_is_floored_on_its_own():
+    x = torch.linspace(-1.0, 1.0, 10)
+    with poutine.seed(rng_seed=0):
+        both = FreeBitsELBO(1.0, num_particles=2).loss(model, guide, x)
+    with poutine.seed(rng_seed=0):
+        one_by_one = [FreeBitsELBO(1.0).loss(model, guide, x) for _ in range(2)]
+    assert both == pytest.approx(sum(one_by_one) / 2, rel=1e-6) and one_by_one[0] != one_by_one[1]
+    with pytest.raises(ValueError, match="use vectorize_particles=False"):
+        FreeBitsELBO(1.0, num_particles=2, vectorize_particles=True)
+
+
+def test_a_resumed_run_keeps_the_objective_it_started_with():
+    x, states = torch.randn(32), []
+    pyro.set_rng_seed(0)
+    decoder, encoder = Collapsing(), Encoder()
+    pyro_vae.fit(decoder, encoder, x, epochs=1, validation=None, on_epoch_end=states.append)
+    with pytest.raises(ValueError, match="trained the ELBO, and these options train the ELBO with free bits"):
+        pyro_vae.fit(decoder, encoder, x, epochs=2, validation=None, free_bits=0.5, resume=states[-1])
+
+
+def test_a_point_mass_guide_is_refused_before_training():
+    from pyro_vae.guides import AmortizedDelta
+    from pyro_vae.models import VAE
+
+    model, delta = VAE.build((4,), 2, (8,), "mlp", "gaussian"), AmortizedDelta.build((4,), 2, (8,), "mlp")
+    with pytest.raises(ValueError, match="site 'z' is a point mass \\(Delta\\)"):
+        pyro_vae.fit(model, delta, torch.randn(16, 4), free_bits=1.0, epochs=1, validation=None)
 
 
 def test_a_guide_without_rsample_is_refused_by_name():

@@ -111,13 +111,23 @@ def test_a_score_histogram_with_0_1_labels_draws_the_two_groups(tmp_path, monkey
     assert drawn["figure"].axes[0].get_legend() is None  # one group without labels
 
 
-def test_the_history_plot_names_the_objective_that_trained_the_pair(tmp_path, monkeypatch):
+def test_the_history_plot_names_the_objective_of_each_column(tmp_path, monkeypatch):
     drawn = []
     monkeypatch.setattr(plots, "_save", lambda figure, path: drawn.append(figure) or Path(path))
-    for objective in ("ELBO", "IWAE bound (K = 5)"):
-        history = History([1, 2], [-3.0, -2.0], [-3.5, -2.5], [1, 1], [1, 1], objective=objective)
+    for training, validation in (
+        ("ELBO", "ELBO"),
+        ("IWAE bound (K = 5)",) * 2,
+        ("ELBO with free bits (λ = 2)", "ELBO"),
+    ):
+        columns = [1, 2], [-3.0, -2.0], [-3.5, -2.5], [1, 1], [1, 1]
+        history = History(*columns, objective=training, validation_objective=validation)
         plots.plot_history(history, tmp_path / "elbo.png")
-    assert [figure.axes[0].get_ylabel() for figure in drawn] == [
-        "ELBO per datum (nats)",
-        "IWAE bound (K = 5) per datum (nats)",
+    labels = [(figure.axes[0].get_ylabel(), [line.get_label() for line in figure.axes[0].lines]) for figure in drawn]
+    assert labels == [
+        ("ELBO per datum (nats)", ["training (minibatch average)", "validation"]),
+        ("IWAE bound (K = 5) per datum (nats)", ["training (minibatch average)", "validation"]),
+        (
+            "objective per datum (nats)",
+            ["training: ELBO with free bits (λ = 2) (minibatch average)", "validation: ELBO"],
+        ),
     ]

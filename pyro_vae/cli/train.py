@@ -392,7 +392,7 @@ class TrainingRun:
             clip_norm=args.clip_norm,
             loss=self.loss,
             num_particles=args.particles,
-            vectorize_particles=args.particles > 1,
+            vectorize_particles=args.particles > 1 and not args.free_bits,  # free bits floor each particle
             beta=args.beta,
             warmup_epochs=args.warmup,
             free_bits=args.free_bits,
@@ -434,7 +434,7 @@ class TrainingRun:
         (out / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
         self.history.to_csv(out / "history.csv")
         written += [out / "config.json", out / "history.csv"]
-        title = f"{args.dataset}: {self.history.objective} per datum"
+        title = f"{args.dataset}: training history"
         written.append(plots.plot_history(self.history, out / "elbo.png", title))
         return written
 
