@@ -153,6 +153,7 @@ def main() -> None:
     print("| model | test NLL (nats) |\n| --- | ---: |")
     prior = "VampPrior" if args.prior == "vampprior" else "N(0, I)"
     objective = "ELBO" if args.loss == "elbo" else f"{args.loss.upper()} (K = {args.particles})"
+    objective += f" with free bits (λ = {args.free_bits:g})" if args.free_bits else ""
     setting = f"{args.hidden} MLP, {args.latent_dim}-d z, {prior} prior, {objective}, {train_minutes:.0f} min"
     name = f"{args.layers}-layer hierarchical VAE" if args.model == "hierarchical" else "VAE"
     print(f"| pyro_vae {name}, {setting} | {test_nll:.2f} |")
@@ -171,7 +172,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(
         f"summary: test_nll={test_nll:.2f} train_minutes={train_minutes:.1f} epochs={len(history.epoch)} "
-        f"num_samples={args.num_samples} loss={args.loss} model={args.model}"
+        f"num_samples={args.num_samples} loss={args.loss} model={args.model} free_bits={args.free_bits:g}"
     )
 
 

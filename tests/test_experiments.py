@@ -32,7 +32,13 @@ def test_linear_vae_finds_pca_on_the_toy_points(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options", [(), ("--model", "hierarchical", "--loss", "dreg", "--particles", "3")], ids=["vae", "hierarchical-dreg"]
+    "options",
+    [
+        (),
+        ("--model", "hierarchical", "--loss", "dreg", "--particles", "3"),
+        ("--model", "hierarchical", "--free-bits", "2"),
+    ],
+    ids=["vae", "hierarchical-dreg", "hierarchical-free-bits"],
 )
 def test_mnist_nll_runs_with_the_vampprior_on_a_small_stand_in(tmp_path, options):
     import numpy as np
@@ -54,6 +60,7 @@ def test_mnist_nll_runs_with_the_vampprior_on_a_small_stand_in(tmp_path, options
     # the flips' entropy, 784 H(0.05) = 156 nats
     assert 156 < float(values["test_nll"]) < 543
     assert values["epochs"] == "3" and values["model"] == (options[1] if options else "vae")
+    assert values["free_bits"] == ("2" if "--free-bits" in options else "0")
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 
