@@ -131,12 +131,13 @@ class HierarchicalVAE(PyroModule):
         ``4 * hidden[-1]`` for ``"conv"``), and a decoder from the state (``"conv"`` for images
         of any number of channels).
 
-        For ``"mlp"`` the state is the pre-activation of the decoder's first hidden layer: the
-        decoder is the activation, then the layers of :meth:`VAE.build <pyro_vae.models.VAE.build>`'s
-        decoder after its first. With its lower layers unused the model is then exactly a
-        single-layer VAE with the same ``hidden`` sizes, not one with a decoder deeper by a lift
-        (a deeper path trained about 10 nats worse on MNIST in 15 epochs). For ``"conv"`` the state
-        enters the decoder's linear layer."""
+        For ``"mlp"`` the state is the pre-activation of the decoder's first hidden layer (of
+        ``width`` features): the decoder is the activation, then the layers of
+        :meth:`VAE.build <pyro_vae.models.VAE.build>`'s decoder after its first. With its lower
+        layers unused (and the default width) the model is then exactly a single-layer VAE with
+        the same ``hidden`` sizes, not one with a decoder deeper by a lift (a deeper path trained
+        about 10 nats worse on MNIST in 15 epochs). For ``"conv"`` the state enters the decoder's
+        linear layer."""
         sizes = layer_sizes(latent_dim, layers)
         width = width or (hidden[-1] if arch == "mlp" else 4 * hidden[-1])
         family = get_likelihood(likelihood, len(x_shape), **likelihood_options)

@@ -67,7 +67,8 @@ def pseudo_inputs(config: dict, train_x: torch.Tensor | None = None) -> tuple[to
 def check_combination(config: dict) -> None:
     """Refuse a configuration that combines options no stock pair has, naming the flags (and
     config keys) to drop: the hierarchical VAE and the VampPrior need the unconditional Normal guide
-    (the top-down guide, or the posterior the VampPrior averages)."""
+    (the top-down guide, or the posterior the VampPrior averages), and the conditional VAE has its
+    own Normal guide."""
     other_guide = config.get("conditional") or config.get("guide") != "normal"
     if config.get("model", "vae") == "hierarchical" and other_guide:
         raise ValueError(
@@ -78,6 +79,10 @@ def check_combination(config: dict) -> None:
         raise ValueError(
             "--prior vampprior averages the Normal guide's posterior: "
             "drop --conditional and --guide (config keys 'conditional', 'guide')"
+        )
+    if config.get("conditional") and config.get("guide", "normal") != "normal":
+        raise ValueError(
+            "--conditional trains the conditional VAE with its own Normal guide: drop --guide (config key 'guide')"
         )
 
 
