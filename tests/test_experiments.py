@@ -146,3 +146,19 @@ def test_conditional_mnist_runs_only_the_adgm_draws_when_asked(tmp_path):
     assert math.isnan(float(values["m2_acc_100_per_class"]))
     results = (tmp_path / "results.md").read_text()
     assert "| ADGM (1 epochs) | 2 per class | q(y|x) test accuracy |" in results and "(2 draws)" in results
+
+
+def test_conditional_mnist_trains_m2_on_the_codes_of_m1(tmp_path):
+    data = ROOT.parent / "shared" / "data" / "mnist"
+    if not data.is_dir():
+        pytest.skip(f"MNIST missing from {data}")
+    values = summary(
+        "conditional_mnist.py",
+        *("--data-dir", str(data), "--out", str(tmp_path), "--train-rows", "300", "--semi-supervised-only"),
+        *("--features", "m1", "--m1-epochs", "1", "--m1-latent-dim", "3", "--labels-per-class", "2"),
+        *("--m2-epochs", "1", "--hidden", "16", "--latent-dim", "2"),
+    )
+    assert values["features"] == "m1" and 0 <= float(values["m2_acc_2_per_class"]) <= 1
+    results = (tmp_path / "results.md").read_text()
+    assert "| M1 + M2 (1 epochs) | 2 per class |" in results and "q(y|x) a mlp network" in results
+    assert "the 3-d codes of a VAE trained 1 epochs without labels" in results
