@@ -18,7 +18,7 @@ Writes ``class_grid.png`` (a row per class), ``style_transfer.png`` and ``result
     .venv/bin/python experiments/conditional_mnist.py --semi-supervised adgm --labels-per-class 10 --draws 3 \
         --semi-supervised-only --m2-epochs 5 --oversample 100   # 100 labels in all, three labelled sets
     .venv/bin/python experiments/conditional_mnist.py --features m1 --labels-per-class 10 --draws 3 \
-        --semi-supervised-only --m2-epochs 30 --oversample 100  # M1 + M2, Kingma et al.'s recipe
+        --semi-supervised-only --m2-epochs 30 --oversample 100  # M1 + M2 (no full run yet)
 
 3. With ``--semi-supervised adgm`` the semi-supervised runs use the auxiliary deep generative
    model (Maaløe et al. 2016, ``models/adgm.py``): q(a | x) q(y | a, x) q(z | a, y, x), and

@@ -94,14 +94,6 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
         {"results.md": "docs/conditional_mnist_adgm_results.md"},
     ),
-    "conditional_mnist_m1m2": Experiment(
-        "conditional_mnist.py",
-        (
-            *("--data-dir", "../shared/data/mnist", "--semi-supervised-only", "--features", "m1"),
-            *("--labels-per-class", "10", "--draws", "3", "--m2-epochs", "30", "--oversample", "100"),
-        ),
-        {"results.md": "docs/conditional_mnist_m1m2_results.md"},
-    ),
     "image_ood": Experiment(
         "image_ood.py",
         ("--seeds", "0,1,2"),
