@@ -130,15 +130,22 @@ def test_image_ood_tabulates_every_pair_of_the_three_sets(tmp_path):
     assert (tmp_path / "typicality.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_conditional_mnist_runs_only_the_adgm_draws_when_asked(tmp_path):
+def conditional_mnist(tmp_path: Path, *options: str) -> dict[str, str]:
+    """conditional_mnist.py on 300 MNIST training images, semi-supervised runs only, tiny networks."""
     data = ROOT.parent / "shared" / "data" / "mnist"
     if not data.is_dir():
         pytest.skip(f"MNIST missing from {data}")
-    values = summary(
+    return summary(
         "conditional_mnist.py",
-        *("--data-dir", str(data), "--out", str(tmp_path), "--train-rows", "300", "--semi-supervised", "adgm"),
-        *("--semi-supervised-only", "--labels-per-class", "2", "--draws", "2", "--m2-epochs", "1"),
-        *("--hidden", "16", "--latent-dim", "2", "--auxiliary-dim", "2", "--classifier-arch", "mlp"),
+        *("--data-dir", str(data), "--out", str(tmp_path), "--train-rows", "300", "--semi-supervised-only"),
+        *("--labels-per-class", "2", "--m2-epochs", "1", "--hidden", "16", "--latent-dim", "2"),
+        *options,
+    )
+
+
+def test_conditional_mnist_runs_only_the_adgm_draws_when_asked(tmp_path):
+    values = conditional_mnist(
+        tmp_path, "--semi-supervised", "adgm", "--draws", "2", "--auxiliary-dim", "2", "--classifier-arch", "mlp"
     )
     assert "gen_classifier_acc" not in values and "m2_acc_all" not in values  # no supervised, no all-labels run
     assert values["semi_supervised"] == "adgm" and values["draws"] == "2"
@@ -149,15 +156,7 @@ def test_conditional_mnist_runs_only_the_adgm_draws_when_asked(tmp_path):
 
 
 def test_conditional_mnist_trains_m2_on_the_codes_of_m1(tmp_path):
-    data = ROOT.parent / "shared" / "data" / "mnist"
-    if not data.is_dir():
-        pytest.skip(f"MNIST missing from {data}")
-    values = summary(
-        "conditional_mnist.py",
-        *("--data-dir", str(data), "--out", str(tmp_path), "--train-rows", "300", "--semi-supervised-only"),
-        *("--features", "m1", "--m1-epochs", "1", "--m1-latent-dim", "3", "--labels-per-class", "2"),
-        *("--m2-epochs", "1", "--hidden", "16", "--latent-dim", "2"),
-    )
+    values = conditional_mnist(tmp_path, "--features", "m1", "--m1-epochs", "1", "--m1-latent-dim", "3")
     assert values["features"] == "m1" and 0 <= float(values["m2_acc_2_per_class"]) <= 1
     results = (tmp_path / "results.md").read_text()
     assert "| M1 + M2 (1 epochs) | 2 per class |" in results and "q(y|x) a mlp network" in results
