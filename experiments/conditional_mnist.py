@@ -45,6 +45,7 @@ from pyro_vae import plots
 from pyro_vae.conditional import class_scores
 from pyro_vae.data import MISSING_LABEL, hide_labels, load_dataset
 from pyro_vae.guides import AmortizedNormal, AuxiliaryNormal, ConditionalNormal
+from pyro_vae.latent import encode
 from pyro_vae.models import VAE, AuxiliaryDGM, ConditionalVAE
 
 CLASSES = 10
@@ -81,8 +82,9 @@ def m1_inputs(args: argparse.Namespace, grey_x: torch.Tensor, test_x: torch.Tens
     start = time.perf_counter()
     pyro_vae.fit(model, guide, grey_x, epochs=args.m1_epochs, validation=None, progress=None, transform=torch.bernoulli)
     with torch.no_grad():
-        train = torch.cat([torch.stack([q.mean, q.stddev], 1) for q in map(guide.posterior, grey_x.split(1000))])
-        test = torch.cat([guide.posterior(chunk).mean for chunk in test_x.split(1000)])
+        q = guide.posterior(grey_x)
+        train = torch.stack([q.mean, q.stddev], 1)
+    test = encode(guide, test_x)
     print(f"M1 ({args.m1_epochs} epochs, {(time.perf_counter() - start) / 60:.1f} min) encodes the images", flush=True)
     return Inputs(train, test, _draw_features, (args.m1_latent_dim,), "gaussian-learned", "mlp", "mlp")
 

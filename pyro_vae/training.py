@@ -466,8 +466,6 @@ class _Options:
             raise ValueError(
                 f"free_bits floors the ELBO's KL terms: train with loss='auto' or 'trace', not {self.loss!r}"
             )
-        if self.free_bits > 0 and self.vectorize_particles:
-            raise ValueError("free_bits floor each particle's KL terms; use vectorize_particles=False")
         if self.free_bits > 0 and self.distributed:
             raise ValueError("free_bits trains with Pyro's SVI, which distributed training does not average; drop one")
 
