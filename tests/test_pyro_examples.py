@@ -207,3 +207,26 @@ def test_tutorial_vae_trains_with_the_importance_weighted_objectives(examples, l
     history = pyro_vae.fit(vae.model, vae.guide, x, loss=loss, num_particles=5, epochs=3, batch_size=50, seed=0)
     assert history.estimator == {"iwae": "ImportanceWeightedELBO", "dreg": "DoublyReparameterizedELBO"}[loss]
     assert history.train_elbo[-1] > history.train_elbo[0]
+
+
+def test_free_bits_floor_the_tutorial_vae_per_datum_of_its_plate(examples):
+    """vae.py's plate has no subsample size: fit's minibatch scaling makes each latent term stand
+    for N data, and the floor is λ per datum of those N (not per minibatch row): with λ far above
+    its KL term the training objective is the plain one less about λ."""
+    vae_module, _ = examples
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = vae_module.VAE(z_dim=4, hidden_dim=32)
+    history = pyro_vae.fit(vae.model, vae.guide, grey_images(300, seed=1), epochs=1, batch_size=64, free_bits=1000.0)
+    assert history.estimator == "FreeBitsELBO"
+    assert -1000 < history.val_elbo[0] < 0  # the validation ELBO is the plain one
+    assert history.val_elbo[0] - 1100 < history.train_elbo[0] < history.val_elbo[0] - 900
+
+
+def test_free_bits_refuse_pyros_m2_by_its_discrete_label_site(examples):
+    _, ss_module = examples
+    pyro.clear_param_store()
+    _, model, guide = semi_supervised(ss_module)
+    x, y, _ = labelled_data(300)
+    with pytest.raises(ValueError, match=r"site 'y' .* has no rsample; train with free_bits=0"):
+        pyro_vae.fit(model, guide, (x, y), epochs=1, batch_size=30, label_batches="pure", free_bits=1.0)
