@@ -8,7 +8,9 @@ largest weights of each datum; its shape k̂ says how heavy their tail is. Below
 converges fast; above :func:`reliable_k` = min(1 - 1/log10 K, 0.7) (0.5 for K = 100, 0.67
 for K = 1000: the cut-off of Vehtari et al. and of ArviZ) it should not be trusted. With a
 point-mass guide every weight is equal and k̂ is -inf, but the score is then log p(x, ẑ), not an
-estimate of log p(x) at all. k̂ is computed with ArviZ's :func:`arviz.psislw`.
+estimate of log p(x) at all. k̂ is computed with ArviZ's :func:`arviz.psislw`. Beside reference
+data scored the same way, :func:`unreliable_cut` flags only estimates less reliable than nearly all
+of the reference's: an amortized guide seldom meets the absolute cut at a few hundred weights.
 
 :func:`importance_scores` returns the per-datum log p(x) with its k̂; :func:`to_inference_data`
 stores scores and diagnostics as an ArviZ ``InferenceData`` (written to netCDF with
@@ -29,6 +31,7 @@ from pyro_vae.convention import Convention
 from pyro_vae.scoring import DEFAULT_MAX_BATCH, log_weights, particle_logsumexp
 
 UNRELIABLE_K = 0.7  # the cut-off for large K
+REFERENCE_QUANTILE = 0.99  # an estimate is flagged beside a reference when its k̂ exceeds this share of the reference's
 CONSTANT_SPREAD = 1e-8  # log weights closer than this (nats) count as equal
 MIN_PARTICLES = 21  # PSIS fits the largest ⌈min(K/5, 3√K)⌉ weights and needs at least five
 
@@ -64,6 +67,24 @@ def reliable_k(num_samples: int) -> float:
     """The largest k̂ at which an estimate from ``num_samples`` weights is trusted:
     min(1 - 1/log10 K, 0.7)."""
     return min(1 - 1 / math.log10(num_samples), UNRELIABLE_K) if num_samples > 1 else -math.inf
+
+
+def unreliable_cut(num_samples: int, reference_k: np.ndarray | None = None) -> float:
+    """The k̂ above which an estimate is flagged: :func:`reliable_k` on its own; beside the k̂ of
+    reference data scored the same way (e.g. the training data a threshold was set on), the larger
+    of that and the reference's :data:`REFERENCE_QUANTILE` quantile.
+
+    A VAE's guide is rarely good enough for an absolutely reliable log p(x) at a few hundred
+    weights (k̂ ≈ 1 for most MNIST images at K = 100), so the absolute cut flags nearly every
+    datum, normal or not, and says nothing about any one of them. Against the reference, a flag
+    means "less reliable than the estimates the threshold was set on", which is what matters for
+    a ranking. Non-finite reference values (exact or unfittable estimates) are left out."""
+    cut = reliable_k(num_samples)
+    if reference_k is None:
+        return cut
+    finite = np.asarray(reference_k, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return max(cut, float(np.quantile(finite, REFERENCE_QUANTILE))) if finite.size else cut
 
 
 @dataclass

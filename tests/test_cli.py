@@ -422,3 +422,20 @@ def test_distributed_needs_torchrun(tmp_path, monkeypatch, capsys):
     assert stderr.startswith("pyro-vae train: error: ") and stderr.count("\n") == 1
     assert "torchrun --nproc_per_node=N -m pyro_vae train ... --distributed" in stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_unreliable_estimates_are_flagged_against_the_training_datas_own_k_hat(run_dir, tmp_path):
+    result = pyro_vae(
+        "score", str(run_dir), "--correction", "none", "--num-samples", "100", "--reference-size", "300",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "scores_metrics.json").read_text())
+    assert metrics["unreliable_cut"] >= 0.5  # never below the absolute cut-off at K = 100
+    assert "the training data's 99% quantile" in result.stdout
+    with (tmp_path / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    k_hat = np.array([float(row["pareto_k"]) for row in rows])
+    assert metrics["unreliable"] == int((k_hat > metrics["unreliable_cut"]).sum())
+    # Test images of the training distribution: about 1 % above the training data's 99th percentile.
+    assert metrics["unreliable"] / metrics["count"] < 0.1

@@ -31,7 +31,7 @@ from pyro_vae.cli.report import (
 )
 from pyro_vae.cli.stock import Run, checkpoint_path, load_run
 from pyro_vae.data import load_dataset
-from pyro_vae.diagnostics import reliable_k, to_inference_data
+from pyro_vae.diagnostics import REFERENCE_QUANTILE, reliable_k, to_inference_data, unreliable_cut
 from pyro_vae.novelty import DETECTOR_KIND, NoveltyDetector, empirical_tail_probability
 from pyro_vae.ood import complexity_corrected, likelihood_regret
 from pyro_vae.training import split_data
@@ -95,6 +95,8 @@ class Scored:
     threshold: float
     score: str  # what the score is, e.g. "log p(x)"
     num_samples: int  # K
+    k_cut: float  # Pareto-k̂ above which an estimate is flagged unreliable (diagnostics.unreliable_cut)
+    reference_unreliable: float | None = None  # share of the reference's own k̂ above the absolute cut
 
 
 def _ranked(rows: list[dict], scores: np.ndarray | None = None) -> list[dict]:
@@ -107,15 +109,14 @@ def _ranked(rows: list[dict], scores: np.ndarray | None = None) -> list[dict]:
     return rows
 
 
-def _annotate(rows: list[dict], reference: np.ndarray, threshold: float, num_samples: int) -> None:
+def _annotate(rows: list[dict], reference: np.ndarray, threshold: float, k_cut: float) -> None:
     scores = np.array([row["score"] for row in rows])
-    cut = reliable_k(num_samples)
     for row, tail in zip(rows, empirical_tail_probability(reference, rankable(scores)), strict=True):
         row["tail_probability"] = float(tail)
         row["novel"] = int(not row["score"] >= threshold)  # a score that is not a number is novel
         row["unscorable"] = int(not np.isfinite(row["score"]))
         if "pareto_k" in row:
-            row["unreliable"] = int(row["pareto_k"] > cut)
+            row["unreliable"] = int(row["pareto_k"] > k_cut)
 
 
 def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: torch.Tensor | None) -> Scored:
@@ -132,8 +133,9 @@ def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: tor
     ]
     rows = _ranked(rows)
     reference = np.sort(detector.train_scores_)
-    _annotate(rows, reference, detector.offset_, scores.num_samples)  # k̂'s K
-    return Scored(rows, reference, detector.offset_, "log p(x)", detector.num_samples)
+    k_cut = unreliable_cut(scores.num_samples)  # k̂'s own K; the detector keeps no training k̂
+    _annotate(rows, reference, detector.offset_, k_cut)
+    return Scored(rows, reference, detector.offset_, "log p(x)", scores.num_samples, k_cut)
 
 
 def correction_of(run: Run, args: argparse.Namespace) -> str:
@@ -185,19 +187,25 @@ def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels:
     typicality test its held-out validation images."""
     correction = correction_of(run, args)
     if correction == "typicality":
-        test = TypicalityTest(run.model, run.guide, progress=None).fit(held_out_images(run, args.reference_size))
+        held_out = held_out_images(run, args.reference_size)
+        test = TypicalityTest(run.model, run.guide, progress=None).fit(held_out)
         reference = np.sort(test.reference_)
+        reference_rows = score_table(run.model, run.guide, held_out, None, args.num_samples)
         rows = _ranked(score_table(run.model, run.guide, x, labels, args.num_samples), test.score(x.float()))
     else:
         train = load_dataset(run.config["dataset"], run.config.get("data_dir")).train_x
         subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.reference_size]
         reference_x = run.preprocessor.transform(train[subset]).to(run.device)
-        reference = np.sort([row["score"] for row in _run_rows(run, reference_x, None, correction, args)])
+        reference_rows = _run_rows(run, reference_x, None, correction, args)
+        reference = np.sort([row["score"] for row in reference_rows])
         rows = _run_rows(run, x, labels, correction, args)
     threshold = float(np.quantile(reference, args.contamination))
-    _annotate(rows, reference, threshold, args.num_samples)
+    reference_k = np.array([row["pareto_k"] for row in reference_rows if "pareto_k" in row])
+    k_cut = unreliable_cut(args.num_samples, reference_k if reference_k.size else None)
+    _annotate(rows, reference, threshold, k_cut)
     name = CORRECTION_NAMES.get(correction, score_name(run.config))
-    return Scored(rows, reference, threshold, name, args.num_samples)
+    share = float(np.mean(reference_k > reliable_k(args.num_samples))) if reference_k.size else None
+    return Scored(rows, reference, threshold, name, args.num_samples, k_cut, share)
 
 
 def _target_path(location: str) -> Path:
@@ -280,6 +288,7 @@ def _write_report(
         print("labels are not 0/1 (1 = novel), so no ROC curve is drawn")
     if any("pareto_k" in row for row in scored.rows):
         metrics["unreliable"] = int(sum(row.get("unreliable", 0) for row in scored.rows))
+        metrics["unreliable_cut"] = scored.k_cut
     written.append(out / f"{stem}_metrics.json")
     written[-1].write_text(json.dumps(metrics, indent=2) + "\n")
     if args.netcdf:
@@ -291,6 +300,23 @@ def _write_report(
     return written, metrics
 
 
+def _print_reliability(scored: Scored, count: int) -> None:
+    """How many estimates are flagged unreliable, and against what."""
+    absolute = reliable_k(scored.num_samples)
+    flagged = f"  {count} estimates with Pareto k̂ > {scored.k_cut:.2f} (K = {scored.num_samples}"
+    if scored.reference_unreliable is None:
+        print(f"{flagged}): not to be trusted")
+        return
+    percentile = f"the training data's {REFERENCE_QUANTILE:.0%} quantile"
+    cut = percentile if scored.k_cut > absolute else f"PSIS's cut-off, above {percentile}"
+    print(f"{flagged}; {cut}): less reliable than the estimates the threshold was set on")
+    if scored.reference_unreliable > 1 - REFERENCE_QUANTILE:
+        print(
+            f"  the training data's own estimates have k̂ > {absolute:.2f} for {scored.reference_unreliable:.0%}: "
+            "the log p(x) values are lower bounds that rank data, not exact values; more --num-samples tighten them"
+        )
+
+
 def _print_summary(scored: Scored, metrics: dict, name: str) -> None:
     print(
         f"{name}: {metrics['flagged']} of {metrics['count']} flagged as novel "
@@ -299,9 +325,7 @@ def _print_summary(scored: Scored, metrics: dict, name: str) -> None:
     if metrics["unscorable"]:
         print(f"  {metrics['unscorable']} could not be scored (no finite {scored.score}): ranked most novel, flagged")
     if "unreliable" in metrics:
-        cut = reliable_k(scored.num_samples)
-        count = metrics["unreliable"]
-        print(f"  {count} estimates with Pareto k̂ > {cut:.2f} (K = {scored.num_samples}): not to be trusted")
+        _print_reliability(scored, metrics["unreliable"])
     if "auroc" in metrics:
         print(f"  AUROC against the labels (1 = novel): {metrics['auroc']:.4f}")
     print(f"most novel (lowest {scored.score}, nats):")
