@@ -20,6 +20,7 @@ right) and ``results.md`` to ``--out``, and ends with one ``summary:`` line.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +74,15 @@ def trained(kind: str, train: torch.Tensor, warmup: float, args: argparse.Namesp
     return model, guide, history
 
 
+def restored_elbo(history) -> float:
+    """The held-out ELBO of the epoch whose parameters :func:`pyro_vae.fit` restored."""
+    return -math.inf if history.best_epoch is None else history.val_elbo[history.epoch.index(history.best_epoch)]
+
+
 def run(kind: str, train: torch.Tensor, test: torch.Tensor, args: argparse.Namespace) -> dict:
     """Train ``kind`` once per warm-up, keep the best on the held-out ELBO, sample and score it."""
     candidates = {warmup: trained(kind, train, warmup, args) for warmup in args.warmup}
-    held_out_elbo = {warmup: max(history.val_elbo) for warmup, (_, _, history) in candidates.items()}
+    held_out_elbo = {warmup: restored_elbo(history) for warmup, (_, _, history) in candidates.items()}
     warmup = max(held_out_elbo, key=held_out_elbo.get)
     model, guide, history = candidates[warmup]
     model.eval()
@@ -136,7 +142,9 @@ def main() -> None:
     parser.add_argument(
         "--datasets", default=",".join(DATASETS), help="comma-separated subset of " + ",".join(DATASETS)
     )
-    parser.add_argument("--minutes", type=float, default=4.0, help="training budget of each model")
+    parser.add_argument(
+        "--minutes", type=float, default=4.0, help="training budget of each model for each --warmup tried"
+    )
     parser.add_argument("--epochs", type=int, default=200, help="at most this many epochs")
     parser.add_argument("--hidden", default="512,256")
     parser.add_argument("--latent-dim", type=int, default=16)

@@ -271,6 +271,7 @@ def test_score_ranks_images_by_the_typicality_test_by_default(run_dir, tmp_path)
     result = pyro_vae("score", str(run_dir), "--num-samples", "5", "--reference-size", "100", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "typicality" in result.stdout
+    assert "Pareto k̂ not computed (K = 5" in result.stdout  # too few weights to fit a tail: no flag at all
     plain = pyro_vae(
         "score", str(run_dir), "--num-samples", "5", "--correction", "none", "--out", str(tmp_path / "plain")
     )
@@ -431,11 +432,14 @@ def test_unreliable_estimates_are_flagged_against_the_training_datas_own_k_hat(r
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "scores_metrics.json").read_text())
-    assert metrics["unreliable_cut"] >= 0.5  # never below the absolute cut-off at K = 100
-    assert "the training data's 99% quantile" in result.stdout
     with (tmp_path / "scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     k_hat = np.array([float(row["pareto_k"]) for row in rows])
     assert metrics["unreliable"] == int((k_hat > metrics["unreliable_cut"]).sum())
-    # Test images of the training distribution: about 1 % above the training data's 99th percentile.
+    # A 3-epoch VAE: many estimates miss PSIS's absolute cut (0.5 at K = 100), the training data's too,
+    # so the cut is the training data's 99 % quantile, and the note says so.
+    assert metrics["unreliable_cut"] > 0.5 and "the training data's 99% quantile" in result.stdout
+    assert "seldom brings k̂ under the cut" in result.stdout
+    # Test images of the training distribution: few above it, far fewer than above the absolute cut.
     assert metrics["unreliable"] / metrics["count"] < 0.1
+    assert (k_hat > 0.5).sum() > 2 * metrics["unreliable"]

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 import pyro_vae
-from pyro_vae.diagnostics import UNRELIABLE_K, importance_scores, pareto_k, to_inference_data
+from pyro_vae.diagnostics import (
+    UNRELIABLE_K,
+    importance_scores,
+    pareto_k,
+    reliable_k,
+    to_inference_data,
+    unreliable_cut,
+)
 from tests.test_scoring import PPCA, SIGMA
 
 
@@ -83,19 +90,17 @@ def test_inference_data_round_trips_through_netcdf(tmp_path):
 
 
 def test_the_k_hat_cut_off_follows_the_number_of_weights():
-    from pyro_vae.diagnostics import reliable_k
-
     assert reliable_k(100) == pytest.approx(0.5)
     assert reliable_k(1000) == pytest.approx(2 / 3)
     assert reliable_k(10**6) == UNRELIABLE_K  # capped at 0.7
 
 
 def test_beside_a_reference_the_cut_is_the_references_99th_percentile_when_that_is_higher():
-    from pyro_vae.diagnostics import reliable_k, unreliable_cut
-
     assert unreliable_cut(100) == reliable_k(100)
     well_fitted = np.linspace(-0.2, 0.3, 101)  # every reference estimate reliable: the absolute cut stays
     assert unreliable_cut(100, well_fitted) == reliable_k(100)
-    heavy = np.r_[np.linspace(0.8, 1.8, 101), np.nan, -np.inf, np.inf]  # exact / unfittable values left out
-    assert unreliable_cut(100, heavy) == pytest.approx(np.quantile(np.linspace(0.8, 1.8, 101), 0.99))
-    assert unreliable_cut(100, np.array([np.nan, -np.inf])) == reliable_k(100)
+    heavy = np.linspace(0.8, 1.8, 101)
+    assert unreliable_cut(100, np.r_[heavy, np.nan]) == pytest.approx(1.79)  # a value of the reference; NaN left out
+    degenerate = np.r_[heavy[:97], np.inf, np.inf, np.inf]  # weights overflowing: the least reliable of all
+    assert unreliable_cut(100, degenerate) == np.inf
+    assert unreliable_cut(100, np.array([np.nan, np.nan])) == reliable_k(100)

@@ -31,7 +31,13 @@ from pyro_vae.cli.report import (
 )
 from pyro_vae.cli.stock import Run, checkpoint_path, load_run
 from pyro_vae.data import load_dataset
-from pyro_vae.diagnostics import REFERENCE_QUANTILE, reliable_k, to_inference_data, unreliable_cut
+from pyro_vae.diagnostics import (
+    REFERENCE_QUANTILE,
+    reference_quantile,
+    reliable_k,
+    to_inference_data,
+    unreliable_cut,
+)
 from pyro_vae.novelty import DETECTOR_KIND, NoveltyDetector, empirical_tail_probability
 from pyro_vae.ood import complexity_corrected, likelihood_regret
 from pyro_vae.training import split_data
@@ -87,6 +93,26 @@ def fit_detector(args: argparse.Namespace) -> int:
 
 
 @dataclass
+class Reliability:
+    """Which log p(x) estimates are flagged unreliable: Pareto-k̂ above ``cut``."""
+
+    num_samples: int  # the K of the estimates whose k̂ these are
+    cut: float  # diagnostics.unreliable_cut
+    reference: str | None = None  # whose k̂ the cut was set beside, e.g. "training data"
+    quantile: float | None = None  # the reference's 99 % quantile of k̂ (None: no reference k̂)
+    reference_share: float | None = None  # share of the reference's k̂ above the absolute cut
+
+    @classmethod
+    def beside(cls, num_samples: int, reference_k: np.ndarray, reference: str) -> Reliability:
+        """The flag set beside the k̂ of ``reference`` (no k̂ there: the absolute cut)."""
+        quantile = reference_quantile(reference_k) if reference_k.size else None
+        if quantile is None:
+            return cls(num_samples, reliable_k(num_samples))
+        share = float(np.mean(reference_k > reliable_k(num_samples)))
+        return cls(num_samples, unreliable_cut(num_samples, reference_k), reference, quantile, share)
+
+
+@dataclass
 class Scored:
     """New data scored against a reference of training scores."""
 
@@ -95,8 +121,7 @@ class Scored:
     threshold: float
     score: str  # what the score is, e.g. "log p(x)"
     num_samples: int  # K
-    k_cut: float  # Pareto-k̂ above which an estimate is flagged unreliable (diagnostics.unreliable_cut)
-    reference_unreliable: float | None = None  # share of the reference's own k̂ above the absolute cut
+    reliability: Reliability
 
 
 def _ranked(rows: list[dict], scores: np.ndarray | None = None) -> list[dict]:
@@ -133,9 +158,9 @@ def _score_with_detector(detector: NoveltyDetector, x: torch.Tensor, labels: tor
     ]
     rows = _ranked(rows)
     reference = np.sort(detector.train_scores_)
-    k_cut = unreliable_cut(scores.num_samples)  # k̂'s own K; the detector keeps no training k̂
-    _annotate(rows, reference, detector.offset_, k_cut)
-    return Scored(rows, reference, detector.offset_, "log p(x)", scores.num_samples, k_cut)
+    reliability = Reliability(scores.num_samples, reliable_k(scores.num_samples))  # it keeps no training k̂
+    _annotate(rows, reference, detector.offset_, reliability.cut)
+    return Scored(rows, reference, detector.offset_, "log p(x)", detector.num_samples, reliability)
 
 
 def correction_of(run: Run, args: argparse.Namespace) -> str:
@@ -189,10 +214,11 @@ def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels:
     if correction == "typicality":
         held_out = held_out_images(run, args.reference_size)
         test = TypicalityTest(run.model, run.guide, progress=None).fit(held_out)
-        reference = np.sort(test.reference_)
-        reference_rows = score_table(run.model, run.guide, held_out, None, args.num_samples)
+        reference, reference_name = np.sort(test.reference_), "held-out images"
+        reference_rows = score_table(run.model, run.guide, held_out, None, args.num_samples)  # their k̂
         rows = _ranked(score_table(run.model, run.guide, x, labels, args.num_samples), test.score(x.float()))
     else:
+        reference_name = "training data"
         train = load_dataset(run.config["dataset"], run.config.get("data_dir")).train_x
         subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.reference_size]
         reference_x = run.preprocessor.transform(train[subset]).to(run.device)
@@ -201,11 +227,10 @@ def _score_with_run(run: Run, args: argparse.Namespace, x: torch.Tensor, labels:
         rows = _run_rows(run, x, labels, correction, args)
     threshold = float(np.quantile(reference, args.contamination))
     reference_k = np.array([row["pareto_k"] for row in reference_rows if "pareto_k" in row])
-    k_cut = unreliable_cut(args.num_samples, reference_k if reference_k.size else None)
-    _annotate(rows, reference, threshold, k_cut)
+    reliability = Reliability.beside(args.num_samples, reference_k, reference_name)
+    _annotate(rows, reference, threshold, reliability.cut)
     name = CORRECTION_NAMES.get(correction, score_name(run.config))
-    share = float(np.mean(reference_k > reliable_k(args.num_samples))) if reference_k.size else None
-    return Scored(rows, reference, threshold, name, args.num_samples, k_cut, share)
+    return Scored(rows, reference, threshold, name, args.num_samples, reliability)
 
 
 def _target_path(location: str) -> Path:
@@ -288,7 +313,8 @@ def _write_report(
         print("labels are not 0/1 (1 = novel), so no ROC curve is drawn")
     if any("pareto_k" in row for row in scored.rows):
         metrics["unreliable"] = int(sum(row.get("unreliable", 0) for row in scored.rows))
-        metrics["unreliable_cut"] = scored.k_cut
+        cut = scored.reliability.cut
+        metrics["unreliable_cut"] = cut if np.isfinite(cut) else None  # JSON has no infinities
     written.append(out / f"{stem}_metrics.json")
     written[-1].write_text(json.dumps(metrics, indent=2) + "\n")
     if args.netcdf:
@@ -300,20 +326,24 @@ def _write_report(
     return written, metrics
 
 
-def _print_reliability(scored: Scored, count: int) -> None:
-    """How many estimates are flagged unreliable, and against what."""
-    absolute = reliable_k(scored.num_samples)
-    flagged = f"  {count} estimates with Pareto k̂ > {scored.k_cut:.2f} (K = {scored.num_samples}"
-    if scored.reference_unreliable is None:
-        print(f"{flagged}): not to be trusted")
+def _print_reliability(reliability: Reliability, count: int, rows: list[dict]) -> None:
+    """How many log p(x) estimates are flagged unreliable, and against what."""
+    absolute, samples = reliable_k(reliability.num_samples), reliability.num_samples
+    if not any(np.isfinite(row["pareto_k"]) for row in rows):
+        print(f"  Pareto k̂ not computed (K = {samples}; PSIS needs at least 21 weights per datum)")
         return
-    percentile = f"the training data's {REFERENCE_QUANTILE:.0%} quantile"
-    cut = percentile if scored.k_cut > absolute else f"PSIS's cut-off, above {percentile}"
-    print(f"{flagged}; {cut}): less reliable than the estimates the threshold was set on")
-    if scored.reference_unreliable > 1 - REFERENCE_QUANTILE:
+    flagged = f"  {count} log p(x) estimates (K = {samples}) with Pareto k̂ > {reliability.cut:.2f}"
+    if reliability.quantile is None:
+        print(f"{flagged}: not to be trusted")
+        return
+    quantile = f"the {reliability.reference}'s {REFERENCE_QUANTILE:.0%} quantile"
+    cut = quantile if reliability.cut > absolute else f"PSIS's cut-off, above {quantile}"
+    print(f"{flagged} ({cut}): less reliable than nearly all of the {reliability.reference}'s")
+    if reliability.cut > absolute:
         print(
-            f"  the training data's own estimates have k̂ > {absolute:.2f} for {scored.reference_unreliable:.0%}: "
-            "the log p(x) values are lower bounds that rank data, not exact values; more --num-samples tighten them"
+            f"  the {reliability.reference}'s own estimates have k̂ > {absolute:.2f} for "
+            f"{reliability.reference_share:.0%}: lower bounds that rank data rather than exact values; "
+            "a larger --num-samples tightens them but seldom brings k̂ under the cut"
         )
 
 
@@ -325,7 +355,7 @@ def _print_summary(scored: Scored, metrics: dict, name: str) -> None:
     if metrics["unscorable"]:
         print(f"  {metrics['unscorable']} could not be scored (no finite {scored.score}): ranked most novel, flagged")
     if "unreliable" in metrics:
-        _print_reliability(scored, metrics["unreliable"])
+        _print_reliability(scored.reliability, metrics["unreliable"], scored.rows)
     if "auroc" in metrics:
         print(f"  AUROC against the labels (1 = novel): {metrics['auroc']:.4f}")
     print(f"most novel (lowest {scored.score}, nats):")
