@@ -44,6 +44,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 
+from pyro_vae.adaptive_k import RunningEstimate, open_rows
 from pyro_vae.common_noise import CommonNoise, CommonNoiseError
 from pyro_vae.convention import Convention
 from pyro_vae.distributions import mean_of
@@ -234,9 +235,11 @@ def _chunks(
     progress: bool | None,
     common_noise: int | None,
     terms: bool = False,
+    first_particle: int = 0,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """The chunks of :func:`iter_log_weights` (with ``terms``, of :func:`log_weight_terms`), for a
-    pair already checked and inspected."""
+    pair already checked and inspected; with common noise, the particles are numbered from
+    ``first_particle`` (later rounds of :func:`adaptive_log_likelihood` get fresh draws)."""
     particles_per_chunk = min(num_samples, max_batch)
     rows_per_chunk = max(1, max_batch // particles_per_chunk)
     bar = progress_bar(total=x.shape[0], desc=f"scoring (K={num_samples})", unit="datum", show=progress)
@@ -251,7 +254,7 @@ def _chunks(
                 )
             for done in range(0, num_samples, particles_per_chunk):
                 count = min(particles_per_chunk, num_samples - done)
-                noise = None if common_noise is None else [common_noise, done]
+                noise = None if common_noise is None else [common_noise, first_particle + done]
                 # The first block runs under the caller's validation; the later ones skip Pyro's and
                 # torch's argument checks (a third of the time), the support already checked on all x.
                 checks = contextlib.nullcontext() if start == 0 and done == 0 else pyro.validation_enabled(False)
@@ -371,6 +374,8 @@ def log_likelihood(
     *,
     convention: Convention | None = None,
     common_noise: int | None = None,
+    tolerance: float | None = None,
+    max_samples: int = 5000,
 ) -> torch.Tensor:
     """Importance-sampled estimate of log p(x) for every datum, in nats, shaped ``[N]``,
     with the guide as proposal (Burda et al. 2016).
@@ -378,8 +383,14 @@ def log_likelihood(
     The guide must put mass wherever the posterior does: with a point-mass guide (a Delta
     distribution) every weight is log p(x, ẑ), which is not an estimate of log p(x).
 
-    Same arguments as :func:`elbo`; ``num_samples`` is K.
+    Same arguments as :func:`elbo`; ``num_samples`` is K. With ``tolerance`` (nats), K adapts
+    per datum: :func:`adaptive_log_likelihood` with ``num_samples`` as the first round's K.
     """
+    if tolerance is not None:
+        return adaptive_log_likelihood(
+            model, guide, x, y, tolerance, num_samples, max_samples, max_batch, progress,
+            convention=convention, common_noise=common_noise,
+        ).log_likelihood  # fmt: skip
     chunks = iter_log_weights(
         model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
     )  # checks x before the running sum takes its dtype
@@ -387,3 +398,52 @@ def log_likelihood(
     for rows, log_w in chunks:
         running[rows] = torch.logaddexp(running[rows], particle_logsumexp(log_w))
     return running - math.log(num_samples)
+
+
+class AdaptiveEstimate(NamedTuple):
+    """What :func:`adaptive_log_likelihood` found, per datum (each ``[N]``)."""
+
+    log_likelihood: torch.Tensor  #: the estimate of log p(x), nats
+    num_samples: torch.Tensor  #: the particles it took
+    standard_error: torch.Tensor  #: the delta-method standard error of the estimate, nats
+
+
+def adaptive_log_likelihood(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    tolerance: float = 0.05,
+    first_samples: int = 100,
+    max_samples: int = 5000,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    progress: bool | None = False,
+    *,
+    convention: Convention | None = None,
+    common_noise: int | None = None,
+) -> AdaptiveEstimate:
+    """log p(x) of every datum with as many importance samples as it needs
+    (:mod:`pyro_vae.adaptive_k`): ``first_samples`` for all, then rounds that double the count of
+    every datum whose standard error is still above ``tolerance`` nats, up to ``max_samples``.
+
+    Other arguments as :func:`log_likelihood`. With ``common_noise`` every round draws fresh
+    common noise, and a datum's rounds depend on its own weights only, so its estimate is still
+    independent of the other data in the call.
+    """
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be a positive number of nats, got {tolerance}")
+    if not 1 <= first_samples <= max_samples:
+        raise ValueError(f"need 1 <= first_samples <= max_samples, got {first_samples} and {max_samples}")
+    scorer = _checked_scorer(model, guide, x, y, first_samples, convention)
+    estimate = RunningEstimate(x.shape[0], x.dtype, x.device)
+    rows, count = torch.arange(x.shape[0], device=x.device), first_samples
+    while rows.numel():
+        done = int(estimate.count[rows[0]])  # every open datum has had every round
+        subset_y = None if y is None else y[rows]
+        for block, log_w in _chunks(
+            scorer, x[rows], subset_y, count, max_batch, progress, common_noise, first_particle=done
+        ):
+            estimate.add(rows[block], log_w)
+        rows = open_rows(estimate, tolerance, max_samples)
+        count = min(done + count, max_samples - done - count)
+    return AdaptiveEstimate(estimate.log_mean(), estimate.count, estimate.standard_error())

@@ -84,6 +84,22 @@ def test_hierarchical_samples_draws_both_models_on_frey_face(tmp_path):
     assert f"| {kept} | 2 |" in row
 
 
+def test_bench_adaptive_k_compares_adaptive_with_fixed_k(tmp_path):
+    if not (ROOT.parent / "shared" / "data" / "mnist").exists():
+        pytest.skip("no MNIST in ../shared/data")
+    values = summary(
+        "bench_adaptive_k.py",
+        *("--data-dir", str(ROOT.parent / "shared" / "data" / "mnist"), "--train-size", "500", "--epochs", "1"),
+        *("--test-size", "40", "--num-samples", "200", "--first-samples", "25", "--max-samples", "200"),
+        *("--tolerance", "0.5", "--threads", "1"),
+    )
+    mean_samples, at_max = float(values["mean_samples"]), int(values["at_max"])
+    assert 25 <= mean_samples <= 200 and 0 <= at_max <= 40
+    assert float(values["evaluation_ratio"]) == pytest.approx(200 / mean_samples, rel=0.01)
+    gap = float(values["adaptive_log_px"]) - float(values["fixed_log_px"])
+    assert float(values["adaptive_gap"]) == pytest.approx(gap, abs=2e-3)
+
+
 ADBENCH = ROOT.parent / "shared" / "data" / "adbench"
 
 

@@ -274,7 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "evaluate", "ELBO and importance-sampled log p(x) per datum, in nats", queries.evaluate
     )
     _add_data_arguments(evaluate)
-    evaluate.add_argument("--num-samples", type=POSITIVE_INTEGER, default=1000, help="importance samples K per datum")
+    evaluate.add_argument(
+        "--num-samples",
+        type=POSITIVE_INTEGER,
+        default=1000,
+        help="importance samples K per datum (with --tolerance: the first round's)",
+    )
+    evaluate.add_argument(
+        "--tolerance",
+        type=POSITIVE,
+        help="adapt K per datum: double it until the standard error of log p(x) is at most this many nats",
+    )
+    evaluate.add_argument(
+        "--max-samples", type=POSITIVE_INTEGER, default=5000, help="with --tolerance, the most samples per datum"
+    )
     evaluate.add_argument("--json", help="also write the results to this JSON file")
 
     sample = _add_run_command(commands, "sample", "draw samples from the model as a PNG grid", queries.sample)

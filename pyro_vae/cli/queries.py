@@ -19,6 +19,7 @@ from pyro_vae.cli.report import (
     style_transfer,
 )
 from pyro_vae.cli.stock import Run, load_run
+from pyro_vae.scoring import adaptive_log_likelihood, elbo
 
 
 def data_of_run(run: Run, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None, str]:
@@ -44,12 +45,35 @@ def _rows(run: Run, x: torch.Tensor, labels: torch.Tensor | None, num_samples: i
     return score_table(run.model, run.guide, x, labels, num_samples)
 
 
+def _adaptive_rows(run: Run, x: torch.Tensor, args: argparse.Namespace, results: dict) -> tuple[list[dict], str]:
+    """Rows of the ELBO and log p(x) with K adapted per datum (``--tolerance``), and the score's label."""
+    if run.conditional:
+        raise ValueError("--tolerance works with unconditional runs; drop it to sum over the classes at fixed K")
+    found = adaptive_log_likelihood(
+        run.model, run.guide, x.float(), tolerance=args.tolerance, first_samples=args.num_samples,
+        max_samples=args.max_samples, progress=None,
+    )  # fmt: skip
+    elbos = elbo(run.model, run.guide, x.float()).tolist()
+    counts = found.num_samples.double()
+    results.update(
+        tolerance=args.tolerance, max_samples=args.max_samples, mean_num_samples=counts.mean().item(),
+        at_max_samples=int((found.num_samples >= args.max_samples).sum()),
+    )  # fmt: skip
+    rows = [{"elbo": e, "log_likelihood": v} for e, v in zip(elbos, found.log_likelihood.tolist(), strict=True)]
+    return rows, f"{score_name(run.config)}, K={counts.mean().item():.0f} on average"
+
+
 def evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.device)
     x, labels, spec = data_of_run(run, args)
-    rows = _rows(run, x, labels, args.num_samples)
-    results = {"data": spec, "split": args.split, "count": len(rows), "num_samples": args.num_samples}
-    names = {"elbo": "ELBO", "log_likelihood": f"{score_name(run.config)}, K={args.num_samples}"}
+    results = {"data": spec, "split": args.split, "num_samples": args.num_samples}
+    if args.tolerance is None:
+        rows = _rows(run, x, labels, args.num_samples)
+        score = f"{score_name(run.config)}, K={args.num_samples}"
+    else:
+        rows, score = _adaptive_rows(run, x, args, results)
+    results["count"] = len(rows)
+    names = {"elbo": "ELBO", "log_likelihood": score}
     if run.conditional:
         names = {"log_likelihood": f"log p(x), K={args.num_samples}/class"}
         if labels is not None:
@@ -58,6 +82,11 @@ def evaluate(args: argparse.Namespace) -> int:
     for key, label in names.items():
         results[key], results[f"{key}_stderr"] = _mean_and_stderr([row[key] for row in rows])
         print(f"  {label:<22s} {results[key]:10.3f} ± {results[key + '_stderr']:.3f}")
+    if args.tolerance is not None:
+        print(
+            f"  K adapted per datum: {args.num_samples} first, doubled until the standard error is at most "
+            f"{args.tolerance:g} nats ({results['at_max_samples']} reached --max-samples {args.max_samples})"
+        )
     if run.conditional and labels is not None:
         results["generative_classifier_accuracy"] = sum(row["predicted"] == row["label"] for row in rows) / len(rows)
         print(f"  generative classifier accuracy {results['generative_classifier_accuracy']:.4f}")
