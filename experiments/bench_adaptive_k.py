@@ -6,7 +6,7 @@ The scored VAE is bench_score.py's (784-400-50, Bernoulli, binarized MNIST, 3 ep
 standard error is above the tolerance, up to ``--max-samples``; :mod:`pyro_vae.adaptive_k`).
 Reported: the gap between the two mean log p(x) (target: within 0.05 nats), the ratio of particle
 evaluations, fixed over adaptive (target: at least 5), the ratio of wall times, and how many
-images reached the cap. Ends with one ``summary:`` line.
+images reached the cap. Writes ``results.md`` to ``--out`` and ends with one ``summary:`` line.
 
     .venv/bin/python experiments/bench_adaptive_k.py
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from common import binarized_mnist, train_vae
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=10000)
     parser.add_argument("--train-size", type=int, help="train on the first this many images only (smoke tests)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="runs/bench_adaptive_k")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -68,6 +70,19 @@ def main() -> None:
     print(
         f"gap {gap:+.3f} nats; {evaluation_ratio:.1f}x fewer particle evaluations, "
         f"{fixed_seconds / adaptive_seconds:.1f}x less time"
+    )
+    rows = [
+        ("fixed", f"{args.num_samples}", f"{fixed.mean():.3f}", "", f"{fixed_seconds:.0f}"),
+        ("adaptive", f"{counts.mean():.0f} (median {counts.median():.0f}, {at_max} at the cap)",
+         f"{adaptive.log_likelihood.mean():.3f}", f"{gap:+.3f}", f"{adaptive_seconds:.0f}"),
+    ]  # fmt: skip
+    table = ["| K | particles per image | mean log p(x) | gap | seconds |", "| --- | --- | ---: | ---: | ---: |"]
+    table += ["| " + " | ".join(row) + " |" for row in rows]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(
+        f"{len(test_x)} MNIST test images; adaptive: tolerance {args.tolerance:g} nats, K from {args.first_samples} "
+        f"to {args.max_samples}; {evaluation_ratio:.1f}x fewer particle evaluations.\n\n" + "\n".join(table) + "\n"
     )
     print(
         f"summary: adaptive_gap={gap:.3f} evaluation_ratio={evaluation_ratio:.2f} "

@@ -107,7 +107,9 @@ EXPERIMENTS: dict[str, Experiment] = {
     "bench_detector": Experiment("bench_detector.py"),
     "bench_train": Experiment("bench_train.py"),
     "bench_score": Experiment("bench_score.py"),
-    "bench_adaptive_k": Experiment("bench_adaptive_k.py", ("--threads", "1")),
+    "bench_adaptive_k": Experiment(
+        "bench_adaptive_k.py", ("--threads", "1"), {"results.md": "docs/bench_adaptive_k_results.md"}
+    ),
     "mnist_nll": Experiment("mnist_nll.py", ("--minutes", "60", "--threads", "1")),
     "mnist_nll_normal": Experiment(
         "mnist_nll.py", ("--minutes", "60", "--threads", "1", "--prior", "normal", "--latent-dim", "50")

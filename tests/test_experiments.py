@@ -91,8 +91,9 @@ def test_bench_adaptive_k_compares_adaptive_with_fixed_k(tmp_path):
         "bench_adaptive_k.py",
         *("--data-dir", str(ROOT.parent / "shared" / "data" / "mnist"), "--train-size", "500", "--epochs", "1"),
         *("--test-size", "40", "--num-samples", "200", "--first-samples", "25", "--max-samples", "200"),
-        *("--tolerance", "0.5", "--threads", "1"),
+        *("--tolerance", "0.5", "--threads", "1", "--out", str(tmp_path)),
     )
+    assert "| adaptive |" in (tmp_path / "results.md").read_text()
     mean_samples, at_max = float(values["mean_samples"]), int(values["at_max"])
     assert 25 <= mean_samples <= 200 and 0 <= at_max <= 40
     assert float(values["evaluation_ratio"]) == pytest.approx(200 / mean_samples, rel=0.01)
