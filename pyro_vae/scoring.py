@@ -44,7 +44,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 
-from pyro_vae.adaptive_k import RunningEstimate, open_rows
+from pyro_vae.adaptive_k import MIN_FIRST_SAMPLES, RunningEstimate, open_rows
 from pyro_vae.common_noise import CommonNoise, CommonNoiseError
 from pyro_vae.convention import Convention
 from pyro_vae.distributions import mean_of
@@ -53,6 +53,8 @@ from pyro_vae.progress import progress_bar
 from pyro_vae.validation import check_data
 
 DEFAULT_MAX_BATCH = 1 << 14
+FIXED_SAMPLES = 1000  # log_likelihood's K
+ADAPTIVE_FIRST_SAMPLES, ADAPTIVE_MAX_SAMPLES = 100, 5000  # with a tolerance: the first round's K, and the most
 OBSERVED, LATENT, GUIDE = range(3)  # the terms of a log weight (WeightTerms)
 INSPECTED_ROWS = 128  # the rows a scoring call traces to inspect the pair
 PARTICLE_PLATE = "_num_particles_vectorized"
@@ -368,14 +370,14 @@ def log_likelihood(
     guide: Callable,
     x: torch.Tensor,
     y: torch.Tensor | None = None,
-    num_samples: int = 1000,
+    num_samples: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     progress: bool | None = False,
     *,
     convention: Convention | None = None,
     common_noise: int | None = None,
     tolerance: float | None = None,
-    max_samples: int = 5000,
+    max_samples: int | None = None,
 ) -> torch.Tensor:
     """Importance-sampled estimate of log p(x) for every datum, in nats, shaped ``[N]``,
     with the guide as proposal (Burda et al. 2016).
@@ -383,14 +385,22 @@ def log_likelihood(
     The guide must put mass wherever the posterior does: with a point-mass guide (a Delta
     distribution) every weight is log p(x, ẑ), which is not an estimate of log p(x).
 
-    Same arguments as :func:`elbo`; ``num_samples`` is K. With ``tolerance`` (nats), K adapts
-    per datum: :func:`adaptive_log_likelihood` with ``num_samples`` as the first round's K.
+    Same arguments as :func:`elbo`; ``num_samples`` is K (default 1000). With ``tolerance``
+    (nats), K adapts per datum: :func:`adaptive_log_likelihood`, ``num_samples`` particles first
+    (default 100) and at most ``max_samples`` (default 5000).
     """
     if tolerance is not None:
+        first = ADAPTIVE_FIRST_SAMPLES if num_samples is None else num_samples
+        most = ADAPTIVE_MAX_SAMPLES if max_samples is None else max_samples
+        if first > most:
+            raise ValueError(f"num_samples ({first}), the first round's K, exceeds max_samples ({most})")
         return adaptive_log_likelihood(
-            model, guide, x, y, tolerance, num_samples, max_samples, max_batch, progress,
+            model, guide, x, y, tolerance, first, most, max_batch, progress,
             convention=convention, common_noise=common_noise,
         ).log_likelihood  # fmt: skip
+    if max_samples is not None:
+        raise ValueError("max_samples bounds an adaptive K: pass tolerance too, or num_samples alone for a fixed K")
+    num_samples = FIXED_SAMPLES if num_samples is None else num_samples
     chunks = iter_log_weights(
         model, guide, x, y, num_samples, max_batch, progress, convention=convention, common_noise=common_noise
     )  # checks x before the running sum takes its dtype
@@ -414,8 +424,8 @@ def adaptive_log_likelihood(
     x: torch.Tensor,
     y: torch.Tensor | None = None,
     tolerance: float = 0.05,
-    first_samples: int = 100,
-    max_samples: int = 5000,
+    first_samples: int = ADAPTIVE_FIRST_SAMPLES,
+    max_samples: int = ADAPTIVE_MAX_SAMPLES,
     max_batch: int = DEFAULT_MAX_BATCH,
     progress: bool | None = False,
     *,
@@ -428,12 +438,15 @@ def adaptive_log_likelihood(
 
     Other arguments as :func:`log_likelihood`. With ``common_noise`` every round draws fresh
     common noise, and a datum's rounds depend on its own weights only, so its estimate is still
-    independent of the other data in the call.
+    independent of the other data in the call (for the same ``first_samples``, ``max_samples``,
+    ``max_batch`` and device).
     """
     if not tolerance > 0:
         raise ValueError(f"tolerance must be a positive number of nats, got {tolerance}")
-    if not 1 <= first_samples <= max_samples:
-        raise ValueError(f"need 1 <= first_samples <= max_samples, got {first_samples} and {max_samples}")
+    if not MIN_FIRST_SAMPLES <= first_samples <= max_samples:
+        raise ValueError(
+            f"need {MIN_FIRST_SAMPLES} <= first_samples <= max_samples, got {first_samples} and {max_samples}"
+        )
     scorer = _checked_scorer(model, guide, x, y, first_samples, convention)
     estimate = RunningEstimate(x.shape[0], x.dtype, x.device)
     rows, count = torch.arange(x.shape[0], device=x.device), first_samples

@@ -42,7 +42,7 @@ def test_the_running_sums_give_the_mean_and_the_delta_method_standard_error():
     expected = torch.logsumexp(log_w, 0) - math.log(300)
     assert torch.allclose(estimate.log_mean(), expected)
     w = np.exp(log_w.numpy() - 50)
-    direct = w.std(0) / (math.sqrt(300) * w.mean(0))  # se of log mean(w) ≈ sd(w) / (√K mean(w))
+    direct = w.std(0, ddof=1) / (math.sqrt(300) * w.mean(0))  # se of log mean(w) ≈ sd(w) / (√K mean(w))
     assert np.allclose(estimate.standard_error().numpy(), direct)
     assert estimate.standard_error()[3] == 0  # equal weights: exact
 
@@ -80,21 +80,49 @@ def test_with_common_noise_a_datum_scores_the_same_alone_or_in_a_batch(ppca):
         assert alone.num_samples[0] == together.num_samples[index]
 
 
-def test_the_first_round_is_the_fixed_k_estimate(ppca):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_first_round_is_the_fixed_k_estimate(dtype):
+    ppca = PPCA(dtype)
     x = ppca.sample(20, seed=6)
     guide = shrunk_guide(ppca)
-    fixed = pyro_vae.log_likelihood(ppca.model, guide, x, num_samples=64, common_noise=3)
-    loose = pyro_vae.log_likelihood(ppca.model, guide, x, num_samples=64, common_noise=3, tolerance=1e9)
-    assert torch.equal(fixed, loose)
-    tight = adaptive_log_likelihood(ppca.model, guide, x, tolerance=1e-3, first_samples=64, common_noise=3)
-    assert (tight.num_samples > 64).any()  # later rounds draw fresh particles, not the first ones again
-    assert not torch.equal(tight.log_likelihood, fixed)
+    for k in (64, 858):  # float32 keeps math.log(K)'s rounding at any K
+        fixed = pyro_vae.log_likelihood(ppca.model, guide, x, num_samples=k, common_noise=3)
+        loose = pyro_vae.log_likelihood(ppca.model, guide, x, num_samples=k, common_noise=3, tolerance=1e9)
+        assert torch.equal(fixed, loose)
+
+
+def test_later_rounds_draw_the_particles_a_larger_fixed_k_would(ppca):
+    """With one round's first particles filling one chunk, a datum that stopped at K particles got
+    exactly the draws of a fixed K: the later rounds continue the particle numbering."""
+    x = ppca.sample(30, seed=7)
+    guide = shrunk_guide(ppca)
+    found = adaptive_log_likelihood(
+        ppca.model, guide, x, tolerance=0.04, first_samples=32, max_samples=512, max_batch=32, common_noise=5
+    )
+    counts = found.num_samples.tolist()
+    assert len(set(counts)) > 2
+    for count in set(counts):
+        fixed = pyro_vae.log_likelihood(ppca.model, guide, x, num_samples=count, max_batch=32, common_noise=5)
+        rows = found.num_samples == count
+        assert torch.equal(found.log_likelihood[rows], fixed[rows])
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"tolerance": 0.0}, "tolerance"), ({"first_samples": 200, "max_samples": 100}, "first_samples")],
+    [
+        ({"tolerance": 0.0}, "tolerance"),
+        ({"first_samples": 200, "max_samples": 100}, "first_samples"),
+        ({"first_samples": 1}, "10 <= first_samples"),  # one weight has no spread: it would always stop
+    ],
 )
 def test_bad_settings_are_refused(ppca, options, message):
     with pytest.raises(ValueError, match=message):
         adaptive_log_likelihood(ppca.model, ppca.exact_guide, ppca.sample(3, seed=0), **options)
+
+
+def test_log_likelihood_takes_a_cap_only_with_a_tolerance(ppca):
+    x = ppca.sample(3, seed=0)
+    with pytest.raises(ValueError, match="pass tolerance too"):
+        pyro_vae.log_likelihood(ppca.model, ppca.exact_guide, x, max_samples=100)
+    with pytest.raises(ValueError, match="exceeds max_samples"):
+        pyro_vae.log_likelihood(ppca.model, ppca.exact_guide, x, num_samples=200, tolerance=0.1, max_samples=100)

@@ -102,10 +102,12 @@ def test_evaluate_adapts_k_per_datum_with_a_tolerance(run_dir, tmp_path, conditi
     assert "K adapted per datum: 20 first" in result.stdout
     results = json.loads((tmp_path / "e.json").read_text())
     assert results["count"] == 359 and 20 <= results["mean_num_samples"] <= 160
-    assert results["tolerance"] == 0.3 and 0 <= results["at_max_samples"] <= 359
+    assert results["tolerance"] == 0.3 and 0 <= results["tolerance_unmet"] <= 359
     assert results["log_likelihood"] >= results["elbo"]
     refused = pyro_vae("evaluate", str(conditional_run), "--tolerance", "0.3")
     assert refused.returncode == 2 and "unconditional" in refused.stderr and "Traceback" not in refused.stderr
+    unbounded = pyro_vae("evaluate", str(run_dir), "--max-samples", "100")
+    assert unbounded.returncode == 2 and "--tolerance" in unbounded.stderr
 
 
 def test_sample_and_reconstruct_write_pngs(run_dir, tmp_path):

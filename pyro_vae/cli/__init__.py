@@ -277,8 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--num-samples",
         type=POSITIVE_INTEGER,
-        default=1000,
-        help="importance samples K per datum (with --tolerance: the first round's)",
+        help="importance samples K per datum (default 1000; with --tolerance, the first round's: default 100)",
     )
     evaluate.add_argument(
         "--tolerance",
@@ -286,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapt K per datum: double it until the standard error of log p(x) is at most this many nats",
     )
     evaluate.add_argument(
-        "--max-samples", type=POSITIVE_INTEGER, default=5000, help="with --tolerance, the most samples per datum"
+        "--max-samples", type=POSITIVE_INTEGER, help="with --tolerance, the most samples per datum (default 5000)"
     )
     evaluate.add_argument("--json", help="also write the results to this JSON file")
 

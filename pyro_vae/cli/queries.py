@@ -19,7 +19,13 @@ from pyro_vae.cli.report import (
     style_transfer,
 )
 from pyro_vae.cli.stock import Run, load_run
-from pyro_vae.scoring import adaptive_log_likelihood, elbo
+from pyro_vae.scoring import (
+    ADAPTIVE_FIRST_SAMPLES,
+    ADAPTIVE_MAX_SAMPLES,
+    FIXED_SAMPLES,
+    adaptive_log_likelihood,
+    elbo,
+)
 
 
 def data_of_run(run: Run, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None, str]:
@@ -49,15 +55,17 @@ def _adaptive_rows(run: Run, x: torch.Tensor, args: argparse.Namespace, results:
     """Rows of the ELBO and log p(x) with K adapted per datum (``--tolerance``), and the score's label."""
     if run.conditional:
         raise ValueError("--tolerance works with unconditional runs; drop it to sum over the classes at fixed K")
+    first, most = args.num_samples or ADAPTIVE_FIRST_SAMPLES, args.max_samples or ADAPTIVE_MAX_SAMPLES
     found = adaptive_log_likelihood(
-        run.model, run.guide, x.float(), tolerance=args.tolerance, first_samples=args.num_samples,
-        max_samples=args.max_samples, progress=None,
+        run.model, run.guide, x.float(), tolerance=args.tolerance, first_samples=first, max_samples=most,
+        progress=None,
     )  # fmt: skip
     elbos = elbo(run.model, run.guide, x.float()).tolist()
     counts = found.num_samples.double()
+    unmet = ~(found.standard_error <= args.tolerance)  # a standard error that is not a number is unmet too
     results.update(
-        tolerance=args.tolerance, max_samples=args.max_samples, mean_num_samples=counts.mean().item(),
-        at_max_samples=int((found.num_samples >= args.max_samples).sum()),
+        num_samples=first, tolerance=args.tolerance, max_samples=most, mean_num_samples=counts.mean().item(),
+        tolerance_unmet=int(unmet.sum()),
     )  # fmt: skip
     rows = [{"elbo": e, "log_likelihood": v} for e, v in zip(elbos, found.log_likelihood.tolist(), strict=True)]
     return rows, f"{score_name(run.config)}, K={counts.mean().item():.0f} on average"
@@ -66,16 +74,19 @@ def _adaptive_rows(run: Run, x: torch.Tensor, args: argparse.Namespace, results:
 def evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.device)
     x, labels, spec = data_of_run(run, args)
-    results = {"data": spec, "split": args.split, "num_samples": args.num_samples}
+    results = {"data": spec, "split": args.split}
     if args.tolerance is None:
-        rows = _rows(run, x, labels, args.num_samples)
-        score = f"{score_name(run.config)}, K={args.num_samples}"
+        if args.max_samples is not None:
+            raise ValueError("--max-samples bounds an adaptive K: pass --tolerance too")
+        results["num_samples"] = num_samples = args.num_samples or FIXED_SAMPLES
+        rows = _rows(run, x, labels, num_samples)
+        score = f"{score_name(run.config)}, K={num_samples}"
     else:
         rows, score = _adaptive_rows(run, x, args, results)
     results["count"] = len(rows)
     names = {"elbo": "ELBO", "log_likelihood": score}
     if run.conditional:
-        names = {"log_likelihood": f"log p(x), K={args.num_samples}/class"}
+        names = {"log_likelihood": f"log p(x), K={results['num_samples']}/class"}
         if labels is not None:
             names["log_likelihood_given_label"] = "log p(x | label)"
     print(f"{spec} {args.split} ({len(rows)} data), nats per datum:")
@@ -84,8 +95,9 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"  {label:<22s} {results[key]:10.3f} ± {results[key + '_stderr']:.3f}")
     if args.tolerance is not None:
         print(
-            f"  K adapted per datum: {args.num_samples} first, doubled until the standard error is at most "
-            f"{args.tolerance:g} nats ({results['at_max_samples']} reached --max-samples {args.max_samples})"
+            f"  K adapted per datum: {results['num_samples']} first, doubled until the standard error is at most "
+            f"{args.tolerance:g} nats, at most {results['max_samples']}; {results['tolerance_unmet']} data did not "
+            "meet the tolerance"
         )
     if run.conditional and labels is not None:
         results["generative_classifier_accuracy"] = sum(row["predicted"] == row["label"] for row in rows) / len(rows)
