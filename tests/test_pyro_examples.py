@@ -21,6 +21,7 @@ from pyro_vae.diagnostics import importance_scores
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.latent import decode, encode, reconstruct
 from pyro_vae.models import VAE
+from pyro_vae.scoring import adaptive_log_likelihood
 
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "pyro-examples"
 pytestmark = pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/pyro-examples is not beside the project")
@@ -230,3 +231,23 @@ def test_free_bits_refuse_pyros_m2_by_its_discrete_label_site(examples):
     x, y, _ = labelled_data(300)
     with pytest.raises(ValueError, match=r"site 'y' .* has no rsample; train with free_bits=0"):
         pyro_vae.fit(model, guide, (x, y), epochs=1, batch_size=30, label_batches="pure", free_bits=1.0)
+
+
+def test_adaptive_k_on_the_tutorial_vae_is_per_row_deterministic(examples):
+    """Pyro's own VAE (its plate has no subsample size, its latent is "latent"): adaptive K with
+    common noise gives a row the same estimate and the same K alone as in a batch."""
+    vae_module, _ = examples
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = vae_module.VAE(z_dim=4, hidden_dim=32)
+    x = grey_images(120, seed=3)
+    pyro_vae.fit(vae.model, vae.guide, x, epochs=2, batch_size=40, seed=0, progress=False)
+    found = adaptive_log_likelihood(
+        vae.model, vae.guide, x[:12], tolerance=0.05, first_samples=20, max_samples=320, common_noise=4
+    )
+    assert (found.num_samples >= 20).all() and (found.num_samples <= 320).all()
+    alone = adaptive_log_likelihood(
+        vae.model, vae.guide, x[7:8], tolerance=0.05, first_samples=20, max_samples=320, common_noise=4
+    )
+    assert torch.equal(alone.log_likelihood[0], found.log_likelihood[7])
+    assert alone.num_samples[0] == found.num_samples[7]
