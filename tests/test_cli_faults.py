@@ -431,7 +431,7 @@ def test_a_score_that_is_not_a_number_ranks_most_novel_and_is_flagged():
     assert novelty_order(scores).tolist() == [1, 3, 2, 0]
     assert rankable(scores).tolist() == [-1.0, -6.0, -5.0, -6.0]
     rows = _ranked([{"index": index, "log_likelihood": value} for index, value in enumerate(scores)])
-    _annotate(rows, np.array([-3.0, -2.0, -1.0]), threshold=-10.0, num_samples=100)
+    _annotate(rows, np.array([-3.0, -2.0, -1.0]), threshold=-10.0, k_cut=0.5)
     assert [row["index"] for row in rows] == [1, 3, 2, 0]
     assert [(row["novel"], row["unscorable"]) for row in rows] == [(1, 1), (1, 1), (0, 0), (0, 0)]
 
