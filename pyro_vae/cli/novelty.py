@@ -105,7 +105,7 @@ class Reliability:
     @classmethod
     def beside(cls, num_samples: int, reference_k: np.ndarray, reference: str) -> Reliability:
         """The flag set beside the k̂ of ``reference`` (no k̂ there: the absolute cut)."""
-        quantile = reference_quantile(reference_k) if reference_k.size else None
+        quantile = reference_quantile(reference_k)  # None for no k̂ at all, or only NaN
         if quantile is None:
             return cls(num_samples, reliable_k(num_samples))
         share = float(np.mean(reference_k > reliable_k(num_samples)))
