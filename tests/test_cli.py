@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pyro_vae.cli.run_folder import RUN_FILES
-from tests.conftest import shared_data
+from tests.conftest import DEVICES, shared_data
 
 COMMANDS = ("train", "evaluate", "sample", "reconstruct", "style", "score", "fit-detector", "latent")
 
@@ -336,10 +336,12 @@ def _epoch_saved(run: Path) -> int:
         return 0
 
 
-def test_killed_training_resumes_to_the_same_parameters(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_killed_training_resumes_to_the_same_parameters(tmp_path, device):
     from pyro_vae.checkpoint import load_checkpoint
 
     options = ["--epochs", "6", "--batch-size", "16", "--score-samples", "2", "--quiet", "--seed", "4"]
+    options += ["--device", device]
     reference = pyro_vae("train", *options, "--out", str(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pyro
@@ -52,6 +53,17 @@ def test_every_datum_sees_the_same_draws_and_another_seed_other_draws(pair):
     assert torch.equal(log_w, log_w[:, :1].expand(8, 5))  # five copies of one datum: one set of weights
     assert not torch.equal(log_weights(*pair, x, num_samples=8, common_noise=1), log_w)
     assert log_w[:, 0].unique().numel() == 8  # but K distinct particles
+
+
+@pytest.mark.gpu
+def test_the_gpu_draws_what_the_cpu_draws(pair):
+    """The noise comes from a CPU generator and is moved to the site's device."""
+    x = rows(20, 5)
+    on_cpu = log_likelihood(*pair, x, num_samples=50, common_noise=3)
+    model, guide = (copy.deepcopy(program).cuda() for program in pair)
+    on_gpu = log_likelihood(model, guide, x.cuda(), num_samples=50, common_noise=3)
+    assert on_gpu.is_cuda and torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=0)
+    assert not torch.allclose(log_likelihood(model, guide, x.cuda(), num_samples=50, common_noise=4).cpu(), on_cpu)
 
 
 def test_the_estimate_is_still_the_importance_sampled_log_likelihood():

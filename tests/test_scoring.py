@@ -21,6 +21,7 @@ from pyro_vae.convention import Convention
 from pyro_vae.diagnostics import importance_scores
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.scoring import iter_log_weights, log_weights
+from tests.conftest import DEVICES
 
 DATA_DIM, LATENT_DIM, SIGMA = 5, 2, 0.5
 
@@ -28,11 +29,11 @@ DATA_DIM, LATENT_DIM, SIGMA = 5, 2, 0.5
 class PPCA:
     """A fixed linear-Gaussian model, its exact posterior as a guide, and its exact log p(x)."""
 
-    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float64, device: str = "cpu") -> None:
         generator = torch.Generator().manual_seed(1)
-        self.W = torch.randn(DATA_DIM, LATENT_DIM, generator=generator, dtype=dtype)
-        self.b = torch.randn(DATA_DIM, generator=generator, dtype=dtype)
-        M = self.W.T @ self.W + SIGMA**2 * torch.eye(LATENT_DIM, dtype=dtype)
+        self.W = torch.randn(DATA_DIM, LATENT_DIM, generator=generator, dtype=dtype).to(device)
+        self.b = torch.randn(DATA_DIM, generator=generator, dtype=dtype).to(device)
+        M = self.W.T @ self.W + SIGMA**2 * torch.eye(LATENT_DIM, dtype=dtype, device=device)
         self.M_inv = torch.linalg.inv(M)
 
     def model(self, x, y=None, size=None):
@@ -46,14 +47,14 @@ class PPCA:
             pyro.sample("z", dist.MultivariateNormal(loc, covariance_matrix=SIGMA**2 * self.M_inv))
 
     def log_px(self, x: torch.Tensor) -> torch.Tensor:
-        covariance = self.W @ self.W.T + SIGMA**2 * torch.eye(DATA_DIM, dtype=x.dtype)
+        covariance = self.W @ self.W.T + SIGMA**2 * torch.eye(DATA_DIM, dtype=x.dtype, device=x.device)
         return dist.MultivariateNormal(self.b, covariance_matrix=covariance).log_prob(x)
 
     def sample(self, n: int, seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         z = torch.randn(n, LATENT_DIM, generator=generator, dtype=self.b.dtype)
         noise = SIGMA * torch.randn(n, DATA_DIM, generator=generator, dtype=self.b.dtype)
-        return z @ self.W.T + self.b + noise
+        return (z @ self.W.T.cpu() + self.b.cpu() + noise).to(self.b.device)
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +62,13 @@ def ppca() -> PPCA:
     return PPCA()
 
 
-def test_exact_posterior_gives_exact_log_likelihood(ppca):
+@pytest.mark.parametrize("device", DEVICES)
+def test_exact_posterior_gives_exact_log_likelihood(device):
+    ppca = PPCA(device=device)
     x = ppca.sample(200, seed=2)
     exact = ppca.log_px(x)
     estimate = pyro_vae.log_likelihood(ppca.model, ppca.exact_guide, x, num_samples=50)
-    assert estimate.shape == (200,)
+    assert estimate.shape == (200,) and estimate.device == x.device
     assert torch.allclose(estimate, exact, atol=1e-3, rtol=0)
     # With the exact posterior the KL term vanishes: the ELBO is log p(x) too.
     assert torch.allclose(pyro_vae.elbo(ppca.model, ppca.exact_guide, x, num_samples=3), exact, atol=1e-3, rtol=0)

@@ -23,6 +23,7 @@ from pyro_vae.guides import AmortizedNormal
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted
 from pyro_vae.likelihoods import get_likelihood
 from pyro_vae.models import VAE
+from tests.conftest import DEVICES
 
 LATENT = 10
 HIDDEN = (256, 128)
@@ -361,7 +362,8 @@ def test_transform_binarizes_every_minibatch_afresh(digits):
     assert redrawn > 200, f"only {redrawn} of 240 data were binarized differently in the second epoch"
 
 
-def test_resuming_from_an_epoch_state_matches_the_uninterrupted_run(digits):
+@pytest.mark.parametrize("device", DEVICES)
+def test_resuming_from_an_epoch_state_matches_the_uninterrupted_run(digits, device):
     def pair():
         pyro.set_rng_seed(3)
         return stock_pair()
@@ -373,14 +375,14 @@ def test_resuming_from_an_epoch_state_matches_the_uninterrupted_run(digits):
         states[state.epoch] = state
         snapshots[state.epoch] = (copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict()))
 
-    options = {"epochs": 5, "batch_size": 256, "warmup_epochs": 2.0, "patience": 4, "seed": 1}
+    options = {"epochs": 5, "batch_size": 256, "warmup_epochs": 2.0, "patience": 4, "seed": 1, "device": device}
     uninterrupted = pyro_vae.fit(model, guide, digits.train_x, on_epoch_end=remember, **options)
     assert sorted(states) == [1, 2, 3, 4, 5]
 
     resumed_model, resumed_guide = pair()
     resumed_model.load_state_dict(snapshots[2][0])
     resumed_guide.load_state_dict(snapshots[2][1])
-    torch.manual_seed(12345)  # whatever happened in between does not matter
+    torch.manual_seed(12345)  # whatever happened in between does not matter (on CUDA's generators too)
     resumed = pyro_vae.fit(resumed_model, resumed_guide, digits.train_x, resume=states[2], **options)
     assert resumed.epoch == uninterrupted.epoch and resumed.val_elbo == uninterrupted.val_elbo
     for part, reference in ((resumed_model, model), (resumed_guide, guide)):
@@ -755,7 +757,7 @@ def test_the_module_of_bound_methods_is_moved_to_the_device():
     assert owner.moved_to == [torch.device("cpu")]  # once, though it owns both programs
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_bound_methods_train_on_the_gpu():
     owner = Owner()
     history = pyro_vae.fit(owner.model, owner.guide, torch.randn(40, 4), epochs=2, device="cuda", progress=False)
