@@ -17,6 +17,7 @@ running every method for one block of steps in a fresh random order (so drift in
 large on shared cloud cores, hits all alike and no method always follows another); the median
 time per step and the ratios to (a) are printed, with the process's peak resident memory and
 one full MNIST epoch of (c) including its data handling. Ends with one ``summary:`` line.
+``--device cuda`` runs every method on a GPU (each timed block then ends by synchronizing it).
 
     .venv/bin/python experiments/bench_train.py
 """
@@ -65,9 +66,9 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
-def hand_written(fused: bool = False):
+def hand_written(device: torch.device, fused: bool = False):
     """(a): reparameterized sample, BCE with logits, analytic KL, Adam (its fused kernel: (a'))."""
-    encoder, decoder = Encoder(), Decoder()
+    encoder, decoder = Encoder().to(device), Decoder().to(device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3, fused=fused or None)
 
     def step(x):
@@ -84,9 +85,9 @@ def hand_written(fused: bool = False):
     return step
 
 
-def pyro_example():
+def pyro_example(device: torch.device):
     """(b): Pyro's VAE example style: pyro.module, a data plate, Trace_ELBO."""
-    encoder, decoder = Encoder(), Decoder()
+    encoder, decoder = Encoder().to(device), Decoder().to(device)
 
     def model(x):
         pyro.module("decoder", decoder)
@@ -104,7 +105,7 @@ def pyro_example():
     return svi.step
 
 
-def pyro_vae_fit(batch_size: int):
+def pyro_vae_fit(batch_size: int, device: torch.device):
     """(c): ``pyro_vae.fit`` with its defaults, one epoch over a block of batches; returns the
     seconds per step of the epoch itself (``History.seconds``: without the one-off checks and
     set-up before the first step, which a long run amortizes)."""
@@ -113,7 +114,7 @@ def pyro_vae_fit(batch_size: int):
 
     def run(x: torch.Tensor) -> float:
         history = pyro_vae.fit(
-            model, guide, x, epochs=1, batch_size=batch_size, validation=None, progress=False, seed=None
+            model, guide, x, epochs=1, batch_size=batch_size, validation=None, progress=False, seed=None, device=device
         )
         return history.seconds[0] / math.ceil(len(x) / batch_size)
 
@@ -124,9 +125,11 @@ def time_steps(step, block: torch.Tensor, batch_size: int) -> float:
     """Seconds per step of one pass over ``block`` in shuffled minibatches (gathered by index, as
     ``pyro_vae.fit`` does, so every method pays for its data handling alike)."""
     start = time.perf_counter()
-    order = torch.randperm(len(block)).split(batch_size)
+    order = torch.randperm(len(block), device=block.device).split(batch_size)
     for index in order:
         step(block[index])
+    if block.is_cuda:
+        torch.cuda.synchronize(block.device)
     return (time.perf_counter() - start) / len(order)
 
 
@@ -137,18 +140,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=15, help="rounds of one block per method, per batch size")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     pyro.set_rng_seed(0)
     order = random.Random(0)
-    x_all = (load_dataset("mnist", args.data_dir).train_x > 0.5).float()
+    x_all = (load_dataset("mnist", args.data_dir).train_x > 0.5).float().to(device)
     results = {}
     for batch_size in args.batch_sizes:
         block = x_all[: batch_size * args.steps]
         pyro.clear_param_store()
-        steppers = {"a": hand_written(), "af": hand_written(fused=True), "b": pyro_example()}
-        fit_block = pyro_vae_fit(batch_size)
+        steppers = {"a": hand_written(device), "af": hand_written(device, fused=True), "b": pyro_example(device)}
+        fit_block = pyro_vae_fit(batch_size, device)
         methods = {key: functools.partial(time_steps, step, block, batch_size) for key, step in steppers.items()}
         methods["c"] = functools.partial(fit_block, block)
         for step in steppers.values():  # warm-up
@@ -168,7 +173,7 @@ def main() -> None:
             flush=True,
         )
     start = time.perf_counter()
-    pyro_vae_fit(128)(x_all)
+    pyro_vae_fit(128, device)(x_all)
     epoch_seconds = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"one MNIST epoch with pyro_vae.fit (batch 128, data handling included): {epoch_seconds:.1f} s")
@@ -178,7 +183,7 @@ def main() -> None:
         f"fused_ratio_b{size}={m['c'] / m['af']:.2f}"
         for size, m in results.items()
     )
-    print(f"summary: {ratios} mnist_epoch_seconds={epoch_seconds:.1f} peak_gib={peak_gib:.2f}")
+    print(f"summary: {ratios} mnist_epoch_seconds={epoch_seconds:.1f} peak_gib={peak_gib:.2f} device={device.type}")
 
 
 if __name__ == "__main__":
