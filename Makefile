@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install run test lint clean results quote
+.PHONY: install run test lint clean results quote gpu-prepare
 
 install: $(STAMP)
 
@@ -38,4 +38,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build *.egg-info .gpu
+
+# What experiments/gpu_check.sh needs on a lent GPU machine that cannot download: the wheels its
+# image lacks (pure Python, at the versions tested here) and MNIST, in .gpu/ (ignored: name it in
+# the device call's carry).
+GPU_WHEELS := pyro-ppl==1.9.2 pyro-api==0.1.2 arviz==0.23.4 h5netcdf==1.8.3 xarray-einstats==0.9.1 platformdirs==4.14.9
+gpu-prepare: $(STAMP)
+	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/data
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 -d .gpu/wheels $(GPU_WHEELS)
+	cp -r ../shared/data/mnist .gpu/data/mnist

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,27 @@ def test_conditional_mnist_trains_m2_on_the_codes_of_m1(tmp_path):
     results = (tmp_path / "results.md").read_text()
     assert "| M1 + M2 (1 epochs) | 2 per class |" in results and "q(y|x) a mlp network" in results
     assert "the 3-d codes of a VAE trained 1 epochs without labels" in results
+
+
+def test_the_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
+    """experiments/gpu_check.sh as far as a CPU goes: its stages, with tiny sizes, on this Python."""
+    if not (ROOT.parent / "shared" / "data" / "mnist").exists():
+        pytest.skip("no MNIST in ../shared/data")
+    environment = {
+        **os.environ,
+        "GPU_CHECK_DEVICE": "cpu",
+        "GPU_CHECK_PYTHON": sys.executable,
+        "GPU_CHECK_DATA": str(ROOT.parent / "shared" / "data"),
+        "OUT": str(tmp_path),
+    }
+    script = ROOT / "experiments" / "gpu_check.sh"
+    result = subprocess.run(
+        ["bash", str(script), "--quick"], capture_output=True, text=True, timeout=600, env=environment
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    table = result.stdout.split("gpu_check on cpu")[1].splitlines()[1:]
+    assert [row.split()[0] for row in table] == ["environment", "gpu-tests", "bench-train", "bench-score", "suite"]
+    assert all(" rc=0 " in row for row in table), table
+    score = dict(pair.split("=", 1) for pair in table[3].split("summary: ")[1].split())
+    assert score["device"] == "cpu" and 0 < float(score["roofline_fraction"]) <= 1.5
+    assert "fused_ratio_b32=" in table[2]
