@@ -5,8 +5,9 @@ so far, the optimizer's moments, the state of the minibatch-order generator and 
 number generator (torch's CPU and, once CUDA is in use, CUDA generators, Python, NumPy), and the
 early-stopping record. Saved with the model and guide parameters and passed back as
 ``fit(..., resume=state)``, it makes an interrupted-then-resumed run take the same steps, on the
-same minibatches, with the same random draws, as an uninterrupted one on the same device. :meth:`TrainingState.to_dict` holds only tensors and plain Python values,
-so a checkpoint carrying it still loads with ``torch.load(..., weights_only=True)``.
+same minibatches, with the same random draws, as an uninterrupted one on the same device.
+:meth:`TrainingState.to_dict` holds only tensors and plain Python values, so a checkpoint carrying
+it still loads with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
