@@ -14,7 +14,11 @@ the ``"data"`` plate dimension instead of summing it away:
 The second estimate is a lower bound in expectation that tightens as K grows (Burda et al. 2016,
 "Importance Weighted Autoencoders"). The K particles are vectorized with an outer
 ``pyro.plate`` (as ``vectorize_particles`` does) and the work is split into chunks of at most
-``max_batch`` (particle, datum) pairs, so memory stays bounded for any K and any data size.
+``max_batch`` (particle, datum) pairs, so memory stays bounded for any K and any data size. On
+the CPU a chunk also holds at most :data:`CPU_CHUNK_BYTES` of data per tensor the size of its
+copies of x: the C library's allocator maps larger blocks from the system afresh for every
+tensor, page by page, which nearly doubled the time of the decoder's matrix products on MNIST
+(``experiments/bench_score.py``).
 Model and guide are called with ``size`` equal to the number of data in the chunk, and the
 log-densities are taken unscaled, so neither minibatch scaling nor any ``poutine.scale`` used for
 training (a KL weight, say) enters a score.
@@ -53,6 +57,7 @@ from pyro_vae.progress import progress_bar
 from pyro_vae.validation import check_data
 
 DEFAULT_MAX_BATCH = 1 << 14
+CPU_CHUNK_BYTES = 32 << 20  # glibc's largest mmap threshold: bigger blocks are mapped anew on each allocation
 FIXED_SAMPLES = 1000  # log_likelihood's K
 ADAPTIVE_FIRST_SAMPLES, ADAPTIVE_MAX_SAMPLES = 100, 5000  # with a tolerance: the first round's K, and the most
 OBSERVED, LATENT, GUIDE = range(3)  # the terms of a log weight (WeightTerms)
@@ -228,6 +233,16 @@ def _checked_scorer(
     return _Scorer(inspection)
 
 
+def chunk_shape(x: torch.Tensor, num_samples: int, max_batch: int = DEFAULT_MAX_BATCH) -> tuple[int, int]:
+    """``(particles, rows)`` of one chunk of the scoring of ``x``: at most ``max_batch`` pairs,
+    and on the CPU at most :data:`CPU_CHUNK_BYTES` of copies of x."""
+    pairs = max_batch
+    if x.device.type == "cpu":
+        pairs = min(pairs, max(1, CPU_CHUNK_BYTES // max(1, x[0].numel() * x.element_size())))
+    particles = min(num_samples, pairs)
+    return particles, max(1, pairs // particles)
+
+
 def _chunks(
     scorer: _Scorer,
     x: torch.Tensor,
@@ -242,8 +257,7 @@ def _chunks(
     """The chunks of :func:`iter_log_weights` (with ``terms``, of :func:`log_weight_terms`), for a
     pair already checked and inspected; with common noise, the particles are numbered from
     ``first_particle`` (later rounds of :func:`adaptive_log_likelihood` get fresh draws)."""
-    particles_per_chunk = min(num_samples, max_batch)
-    rows_per_chunk = max(1, max_batch // particles_per_chunk)
+    particles_per_chunk, rows_per_chunk = chunk_shape(x, num_samples, max_batch)
     bar = progress_bar(total=x.shape[0], desc=f"scoring (K={num_samples})", unit="datum", show=progress)
     with torch.no_grad(), bar:
         for start in range(0, x.shape[0], rows_per_chunk):

@@ -20,7 +20,7 @@ import pyro_vae
 from pyro_vae.convention import Convention
 from pyro_vae.diagnostics import importance_scores
 from pyro_vae.guides import AmortizedNormal
-from pyro_vae.scoring import iter_log_weights, log_weights
+from pyro_vae.scoring import CPU_CHUNK_BYTES, chunk_shape, iter_log_weights, log_weights
 from tests.conftest import DEVICES
 
 DATA_DIM, LATENT_DIM, SIGMA = 5, 2, 0.5
@@ -82,6 +82,14 @@ def test_chunking_does_not_change_the_estimate(ppca):
     weights = log_weights(ppca.model, ppca.exact_guide, x, num_samples=10, max_batch=4)
     assert weights.shape == (10, 23)
     assert torch.allclose(weights, ppca.log_px(x).expand(10, 23), atol=1e-3, rtol=0)
+
+
+def test_cpu_chunks_hold_at_most_the_allocators_mapping_threshold_of_data():
+    mnist = torch.zeros(3, 1, 28, 28)
+    particles, rows = chunk_shape(mnist, 5000)
+    assert (particles, rows) == (5000, 2) and particles * rows * 784 * 4 <= CPU_CHUNK_BYTES
+    assert chunk_shape(mnist, 20000) == (10699, 1)  # a datum's particles split across chunks
+    assert chunk_shape(torch.zeros(3, 8), 100, max_batch=300) == (100, 3)  # small data: max_batch decides
 
 
 def test_a_wrong_guide_is_visibly_wrong(ppca):
