@@ -45,6 +45,10 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites, site_is_factor, site_is_subsample
 from pyro.util import check_model_guide_match, check_site_shape
 
+from pyro_vae.captured_step import CapturedSteps
+from pyro_vae.kl_weight import KLWeightMessenger
+from pyro_vae.optim import FusedAdam, JointOptim
+
 GradientHook = Callable[[list[torch.Tensor], int, torch.Tensor], torch.Tensor]
 
 
@@ -124,6 +128,10 @@ class FastSVI:
         processes agree on the list;
         :class:`~pyro_vae.distributed.GradientAverager` averages over processes there. A pair that
         needs the fallback cannot have one.
+    :param bool capture: record the step once per input signature and replay it
+        (:mod:`pyro_vae.captured_step`), where :meth:`capture_refusal` finds nothing against it.
+    :param kl_weight: the KL-weight handler wrapped around the pair, if any (a live input of a
+        recorded step).
     """
 
     def __init__(
@@ -137,6 +145,8 @@ class FastSVI:
         vectorize_particles: bool = False,
         traces: tuple[Trace, Trace] | None = None,
         gradient_hook: GradientHook | None = None,
+        capture: bool = False,
+        kl_weight: KLWeightMessenger | None = None,
     ) -> None:
         self.model = model
         self.guide = guide
@@ -155,6 +165,22 @@ class FastSVI:
                 check_traces(*traces, max_plate_nesting)
         except NotServed as reason:
             self._fall_back(reason)
+        refusal = self.capture_refusal() if capture else "not asked for"
+        self.captured = CapturedSteps(self, kl_weight) if refusal is None else None
+
+    def capture_refusal(self) -> str | None:
+        """Why this stepper's step cannot be recorded and replayed, or ``None`` if it can."""
+        if self.fallback is not None:
+            return f"the pair trains with {self.estimator}"
+        if not isinstance(self.optim, JointOptim) or self.optim.pt_optim_constructor is not FusedAdam:
+            return "the optimizer is not the fused Adam"
+        if self.optim.clip_norm is not None:
+            return "gradients are clipped"
+        if self.gradient_hook is not None:
+            return "gradients are averaged across processes"
+        if self.num_particles != 1:
+            return "more than one particle per step"
+        return None
 
     @property
     def estimator(self) -> str:
@@ -178,17 +204,24 @@ class FastSVI:
         """One particle's -ELBO as ``Trace_ELBO`` reports it (a float), its differentiable
         surrogate, summed in ``Trace_ELBO``'s order, and the (unconstrained) parameters the
         programs used, by identity: the pair's own, each once, as ``SVI`` collects them."""
+        model_sums, guide_sums, parameters = self._log_prob_sums(*args, **kwargs)
+        elbo = 0
+        for log_p in model_sums:
+            elbo = elbo + torch_item(log_p)
+        for log_p in guide_sums:
+            elbo = elbo - torch_item(log_p)
+        return -elbo, -_difference(model_sums, guide_sums), parameters
+
+    def _log_prob_sums(self, *args, **kwargs) -> tuple[list[torch.Tensor], list[torch.Tensor], dict]:
+        """The model's and the guide's site log-densities (scaled and summed, each in its trace's
+        order) on one particle, and the parameters the programs used."""
         with pyro.validation_enabled(False):
             with _LogDensity(replay=None) as guide_terms:
                 self.guide(*args, **kwargs)
             with _LogDensity(replay=guide_terms.latents) as model_terms:
                 self.model(*args, **kwargs)
-            elbo, surrogate = 0, 0
-            for sign, terms in ((1, model_terms), (-1, guide_terms)):
-                for log_p in terms.log_prob_sums():
-                    elbo = elbo + sign * torch_item(log_p)
-                    surrogate = surrogate + log_p if sign > 0 else surrogate - log_p
-        return -elbo, -surrogate, guide_terms.parameters | model_terms.parameters
+            model_sums, guide_sums = list(model_terms.log_prob_sums()), list(guide_terms.log_prob_sums())
+        return model_sums, guide_sums, guide_terms.parameters | model_terms.parameters
 
     def loss(self, *args, **kwargs) -> torch.Tensor:
         """-ELBO of one particle, differentiable; raises :exc:`NotServed` for a pair it does not serve."""
@@ -198,12 +231,38 @@ class FastSVI:
         """Take one gradient step on the -ELBO; returns its value."""
         if self.fallback is None:
             try:
-                return self._step(*args, **kwargs)
+                if self.captured is not None:
+                    return self.captured.step(args, kwargs)
+                return self.eager_step(*args, **kwargs)[0]
             except NotServed as reason:
+                self.captured = None
                 self._fall_back(reason)
         return self.fallback.step(*args, **kwargs)
 
-    def _step(self, *args, **kwargs) -> float:
+    def graph_step(self, *args, **kwargs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The eager step of one particle, without a gradient hook, written for recording
+        (:mod:`pyro_vae.captured_step`): the same operations, with the -ELBO summed as a float64
+        tensor in the order in which :meth:`eager_step` adds the Python floats, and the gradients
+        from :func:`torch.autograd.grad`. Returns the -ELBO and the parameters used."""
+        model_sums, guide_sums, used = self._log_prob_sums(*args, **kwargs)
+        elbo = 0
+        for log_p in model_sums:
+            elbo = elbo + log_p.double()
+        for log_p in guide_sums:
+            elbo = elbo - log_p.double()
+        surrogate = -_difference(model_sums, guide_sums) / 1  # the eager step's division by one particle
+        parameters = list(used.values())
+        if getattr(surrogate, "requires_grad", False):
+            gradients = torch.autograd.grad(surrogate, parameters, allow_unused=True)
+            for parameter, gradient in zip(parameters, gradients, strict=True):
+                parameter.grad = gradient
+        self.optim([value for value in parameters if value.grad is not None])
+        for parameter in parameters:
+            parameter.grad = None
+        return (0.0 - elbo).detach(), parameters
+
+    def eager_step(self, *args, **kwargs) -> tuple[float, list[torch.Tensor]]:
+        """Take one gradient step; returns the -ELBO and the parameters the step used."""
         loss, used = 0.0, {}
         for _ in range(self.num_particles):
             try:
@@ -225,7 +284,17 @@ class FastSVI:
         self.optim(parameters)
         for parameter in used.values():
             parameter.grad = None
-        return loss
+        return loss, list(used.values())
+
+
+def _difference(model_sums: list[torch.Tensor], guide_sums: list[torch.Tensor]) -> torch.Tensor:
+    """``Σ model - Σ guide``, added up term by term from 0 in ``Trace_ELBO``'s order."""
+    total = 0
+    for log_p in model_sums:
+        total = total + log_p
+    for log_p in guide_sums:
+        total = total - log_p
+    return total
 
 
 class _LogDensity(Messenger):

@@ -334,7 +334,13 @@ def _first_batch(data: Data, batch_size: int, device: torch.device) -> tuple[tor
 
 
 def _make_svi(
-    model: Callable, guide: Callable, optim: JointOptim, options: _Options, inspection: Inspection, hook
+    model: Callable,
+    guide: Callable,
+    optim: JointOptim,
+    options: _Options,
+    inspection: Inspection,
+    hook,
+    kl_weight: KLWeightMessenger | None,
 ) -> Stepper:
     """:class:`FastSVI` for ``loss="auto"`` (it serves the pair or hands it to the Pyro ELBO that
     does), else Pyro's SVI with the ELBO asked for; with free bits, Pyro's SVI with
@@ -359,6 +365,8 @@ def _make_svi(
             vectorize_particles=options.vectorize_particles,
             traces=(inspection.model_trace, inspection.guide_trace),
             gradient_hook=hook,
+            capture=options.capture,
+            kl_weight=kl_weight,
         )
     estimator = LOSSES[options.loss]
     if options.importance_weighted:  # vectorized where the program allows
@@ -366,6 +374,13 @@ def _make_svi(
     else:
         elbo = estimator(**particles)
     return SVI(model, guide, optim, elbo)
+
+
+def _warn_if_uncaptured(svi: Stepper, loss: str) -> None:
+    """``capture=True`` was asked for: say why the step runs eagerly, where it does."""
+    refusal = svi.capture_refusal() if isinstance(svi, FastSVI) else f"loss={loss!r} trains with Pyro's SVI"
+    if refusal is not None:
+        warnings.warn(f"capture=True: the training step runs eagerly, because {refusal}", stacklevel=4)
 
 
 class _PairParameters:
@@ -426,6 +441,7 @@ class _Options:
     max_minutes: float | None
     convention: Convention | None
     label_batches: str
+    capture: bool
 
     @property
     def importance_weighted(self) -> bool:
@@ -499,6 +515,7 @@ def fit(
     max_minutes: float | None = None,
     convention: Convention | None = None,
     label_batches: str = "mixed",
+    capture: bool = False,
 ) -> History:
     """Train ``model`` and ``guide`` by SVI and return the :class:`History`.
 
@@ -587,6 +604,12 @@ def fit(
         is wholly labelled or wholly unlabelled, and an unlabelled one is passed with ``y=None``,
         as for Pyro's M2 example (``ss_vae_M2.py``). The validation ELBO is then computed without
         labels when some validation data have none.
+    :param bool capture: record ``loss="auto"``'s step once per minibatch shape as a graph of
+        tensor operations and replay it (:mod:`pyro_vae.captured_step`): the same losses and
+        parameters bit for bit, with less Python per step. For programs whose operations depend
+        only on their arguments' shapes (not on Python state such as a counter); where the step
+        cannot be recorded (another estimator, gradient clipping, several particles, distributed
+        training) it runs eagerly, with a warning that says why.
     """
     options = _Options(**{name: value for name, value in locals().items() if name in _Options.__dataclass_fields__})
     options.check()
@@ -644,14 +667,17 @@ class _Run:
         if not isinstance(train_data, Dataset) and options.transform is None:
             inspection.check_support(_unpack(train_data)[0])
         kl_handler = KLWeightMessenger(linear_warmup(0.0, options.beta, options.warmup_epochs))
-        if options.beta != 1.0 or options.warmup_epochs > 0:
+        kl_weighting = options.beta != 1.0 or options.warmup_epochs > 0
+        if kl_weighting:
             model, guide = kl_weighted(model, kl_handler), kl_weighted(guide, kl_handler)
         optim = make_optimizer(options.optimizer, options.lr, options.clip_norm)
         parameters = _PairParameters(inspection, optim)
         averager = parallel.GradientAverager() if options.distributed else None
         if averager is not None:  # every process starts from rank 0's parameters
             averager.synchronize(list(parameters().values()))
-        svi = _make_svi(model, guide, optim, options, inspection, averager)
+        svi = _make_svi(model, guide, optim, options, inspection, averager, kl_handler if kl_weighting else None)
+        if options.capture:
+            _warn_if_uncaptured(svi, options.loss)
         validation = _Validation.start(val_data, device, options, inspection) if val_data is not None else None
         if options.distributed:  # the same minibatch order in every process, each its own draws
             pyro.set_rng_seed(options.seed + parallel.rank())

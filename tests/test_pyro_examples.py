@@ -251,3 +251,25 @@ def test_adaptive_k_on_the_tutorial_vae_is_per_row_deterministic(examples):
     )
     assert torch.equal(alone.log_likelihood[0], found.log_likelihood[7])
     assert alone.num_samples[0] == found.num_samples[7]
+
+
+def test_the_captured_step_trains_the_tutorial_vae_as_the_eager_step_does(examples, monkeypatch):
+    """Pyro's own VAE, recorded and replayed: the same history and parameters, bit for bit."""
+    from pyro_vae.captured_step import CapturedSteps
+
+    replays = []
+    original = CapturedSteps._replay
+    monkeypatch.setattr(CapturedSteps, "_replay", lambda self, *a: replays.append(1) or original(self, *a))
+    vae_module, _ = examples
+    x = grey_images(200, seed=2)
+    runs = []
+    for capture in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae = vae_module.VAE(z_dim=4, hidden_dim=32)
+        history = pyro_vae.fit(vae.model, vae.guide, x, epochs=3, batch_size=50, seed=0, capture=capture)
+        runs.append((history.train_elbo, {name: value.clone() for name, value in vae.state_dict().items()}))
+    # 180 training rows: steps of 50, 50, 50 and 30 per epoch; each shape steps eagerly, then is recorded
+    assert len(replays) == 3 * 4 - 2 * 2
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(value, runs[1][1][name]) for name, value in runs[0][1].items())

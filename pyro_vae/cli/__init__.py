@@ -146,6 +146,12 @@ def _add_train(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--patience", type=POSITIVE_INTEGER, help="early stopping: epochs without validation improvement"
     )
     parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="record the training step once per minibatch shape and replay it: the same losses and parameters, "
+        "less Python per step (with the default --loss auto; otherwise a warning says why it runs eagerly)",
+    )
+    parser.add_argument(
         "--on-nonfinite",
         default="raise",
         choices=["raise", "rollback"],

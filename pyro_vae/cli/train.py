@@ -405,6 +405,7 @@ class TrainingRun:
             resume=self.resume,
             on_nonfinite=args.on_nonfinite,
             distributed=args.distributed,
+            capture=args.capture,
         )
         return self.history
 
