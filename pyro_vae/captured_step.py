@@ -20,12 +20,21 @@ A signature (the shapes, dtypes and devices of the step's tensor arguments and t
 others) steps eagerly the first time it is seen, which gives every parameter it uses an optimizer
 state; the second time, its step is recorded as it runs; from the third on, it is replayed. A
 recording is discarded, and the signature left to the eager step, when the program reads a
-tensor's value into Python (``.item()``, a branch on a tensor: a graph would freeze what it
-decided, and ``make_fx`` refuses) or when it used a parameter that its eager step did not. A
-refused recording puts the random state back, so that the eager step draws what it would have.
-Python state the program reads (a counter, a global flag, Python's ``random``) is invisible to
-the graph: a program whose operations change between calls with the same arguments must train
-uncaptured, as ``fit`` does by default.
+tensor's value through PyTorch's dispatcher (``.item()``, ``bool()``, a branch on a tensor: a
+graph would freeze what it decided, and ``make_fx`` refuses), when its graph holds an operation
+whose output shape depends on values (boolean-mask indexing, ``nonzero``), or when it used a
+parameter that its eager step did not. A refused recording puts the random state back, so that
+the eager step draws what it would have (in-place effects of its forward pass, such as
+BatchNorm's running statistics, happen twice on that one step). A replay whose parameters have
+lost their optimizer state (a rollback to before their first step) steps eagerly, which makes
+the state afresh.
+
+What the graph cannot see it freezes: Python state the program reads (a counter, a global flag,
+Python's ``random``), values read around the dispatcher (``.tolist()``, ``.numpy()``), and a
+tensor attribute that is replaced by another between steps (one updated in place stays live). A
+program whose operations change between calls with the same arguments must train uncaptured, as
+``fit`` does by default. Of a stepper's signatures, the first :data:`MAX_SIGNATURES` are
+recorded; later ones (an argument that changes on every step, say) step eagerly.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ if TYPE_CHECKING:
     from pyro_vae.fast_svi import FastSVI
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "step")  # FusedAdam's state of one parameter
+MAX_SIGNATURES = 16  # fit meets two: full minibatches and the last, shorter one
 
 
 def signature(args: tuple, kwargs: dict) -> tuple:
@@ -49,7 +59,7 @@ def signature(args: tuple, kwargs: dict) -> tuple:
 
     def key(value):
         if isinstance(value, torch.Tensor):
-            return "tensor", tuple(value.shape), value.dtype, value.device
+            return "tensor", tuple(value.shape), value.stride(), value.dtype, value.device
         return "value", value
 
     return tuple(map(key, args)), tuple((name, key(value)) for name, value in sorted(kwargs.items()))
@@ -82,14 +92,23 @@ class CapturedSteps:
     def step(self, args: tuple, kwargs: dict) -> float:
         """One training step, replayed, recorded or eager; returns its -ELBO."""
         key = signature(args, kwargs)
-        recording = self.recordings.get(key)
-        if recording is not None:
+        try:
+            recording = self.recordings.get(key)
+        except TypeError:  # an argument that cannot be a key (a list, say): not recordable
+            return self.fast_svi.eager_step(*args, **kwargs)[0]
+        if recording is not None and self._have_states(recording.parameters):
             return self._replay(recording, args, kwargs)
-        if key in self.eager_parameters and key not in self.recordings:
+        seen = self.eager_parameters.get(key)
+        if seen is not None and key not in self.recordings and self._have_states(seen):
             return self._record(key, args, kwargs)
         loss, parameters = self.fast_svi.eager_step(*args, **kwargs)
-        self.eager_parameters.setdefault(key, parameters)
+        if len(self.eager_parameters) < MAX_SIGNATURES:
+            self.eager_parameters.setdefault(key, parameters)
         return loss
+
+    def _have_states(self, parameters: list[torch.Tensor]) -> bool:
+        optimizer = self.fast_svi.optim.optimizer
+        return optimizer is not None and all(optimizer.state.get(parameter) for parameter in parameters)
 
     def _live(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The learning rate and the KL weight, as graph inputs."""
@@ -104,8 +123,6 @@ class CapturedSteps:
         parameters = self.eager_parameters[key]
         self.recordings[key] = None  # unless the recording below succeeds
         optimizer = self.fast_svi.optim.optimizer
-        if optimizer is None or not all(optimizer.state.get(parameter) for parameter in parameters):
-            return self.fast_svi.eager_step(*args, **kwargs)[0]
         outcome = {}
 
         def recorded(arguments, lr, weight, parameters, states):
@@ -130,7 +147,8 @@ class CapturedSteps:
                 return outcome["loss"].item()
             set_rng_state(before)  # the eager step draws what it would have drawn
             return self.fast_svi.eager_step(*args, **kwargs)[0]
-        if {id(tensor) for tensor in outcome["parameters"]} == {id(tensor) for tensor in parameters}:
+        same_parameters = {id(tensor) for tensor in outcome["parameters"]} == {id(tensor) for tensor in parameters}
+        if same_parameters and not any(map(_value_dependent_shape, graph.graph.nodes)):
             self.recordings[key] = _Recording(graph, parameters)
         return outcome["loss"].item()  # the recording ran the step for real
 
@@ -139,3 +157,8 @@ class CapturedSteps:
         with torch.no_grad():
             loss = recording.graph((args, kwargs), *self._live(), parameters, self._states(parameters))
         return loss.item()
+
+
+def _value_dependent_shape(node: torch.fx.Node) -> bool:
+    """Whether the node's output shape depends on tensor values (a replay would keep the shape)."""
+    return isinstance(node.target, torch._ops.OpOverload) and torch.Tag.dynamic_output_shape in node.target.tags

@@ -130,8 +130,8 @@ class FastSVI:
         needs the fallback cannot have one.
     :param bool capture: record the step once per input signature and replay it
         (:mod:`pyro_vae.captured_step`), where :meth:`capture_refusal` finds nothing against it.
-    :param kl_weight: the KL-weight handler wrapped around the pair, if any (a live input of a
-        recorded step).
+    :param kl_weight: the KL-weight handler wrapped around the pair, if any: a live input of a
+        recorded step (a handler not passed here has its weight frozen into the recording).
     """
 
     def __init__(
@@ -259,7 +259,7 @@ class FastSVI:
         self.optim([value for value in parameters if value.grad is not None])
         for parameter in parameters:
             parameter.grad = None
-        return (0.0 - elbo).detach(), parameters
+        return torch.as_tensor(0.0 - elbo, dtype=torch.float64).detach(), parameters  # a float with no sites
 
     def eager_step(self, *args, **kwargs) -> tuple[float, list[torch.Tensor]]:
         """Take one gradient step; returns the -ELBO and the parameters the step used."""
