@@ -110,10 +110,13 @@ class CapturedSteps:
         optimizer = self.fast_svi.optim.optimizer
         return optimizer is not None and all(optimizer.state.get(parameter) for parameter in parameters)
 
-    def _live(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The learning rate and the KL weight, as graph inputs."""
+    def _live(self, parameters: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learning rate (on the parameters' device, where the fused Adam reads it) and the KL
+        weight, as graph inputs."""
         weight = 1.0 if self.kl_weight is None else self.kl_weight.weight
-        return torch.tensor(self.fast_svi.optim.lr, dtype=torch.float64), torch.tensor(weight, dtype=torch.float64)
+        device = parameters[0].device if parameters else None
+        lr = torch.tensor(self.fast_svi.optim.lr, dtype=torch.float64, device=device)
+        return lr, torch.tensor(weight, dtype=torch.float64)
 
     def _states(self, parameters: list[torch.Tensor]) -> list[torch.Tensor]:
         state = self.fast_svi.optim.optimizer.state
@@ -141,7 +144,7 @@ class CapturedSteps:
 
         before = rng_state()
         try:
-            graph = make_fx(recorded)((args, kwargs), *self._live(), parameters, self._states(parameters))
+            graph = make_fx(recorded)((args, kwargs), *self._live(parameters), parameters, self._states(parameters))
         except RuntimeError:  # make_fx refuses a value read; a genuine error of the program recurs eagerly
             if "loss" in outcome:  # the step was taken while it was recorded
                 return outcome["loss"].item()
@@ -155,7 +158,7 @@ class CapturedSteps:
     def _replay(self, recording: _Recording, args: tuple, kwargs: dict) -> float:
         parameters = recording.parameters
         with torch.no_grad():
-            loss = recording.graph((args, kwargs), *self._live(), parameters, self._states(parameters))
+            loss = recording.graph((args, kwargs), *self._live(parameters), parameters, self._states(parameters))
         return loss.item()
 
 
