@@ -23,6 +23,7 @@ import argparse
 import ast
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument(
         "--param", type=parse_param, action="append", default=[], help="key=value for NoveltyDetector (repeatable)"
     )
+    parser.add_argument("--out", default="runs/bench_detector", help="folder for results.md")
     args = parser.parse_args()
     params = dict(args.param)
 
@@ -87,11 +89,14 @@ def main() -> None:
     verdict = ("within" if detector_seconds <= TARGET_SECONDS else "over") + f" the {TARGET_SECONDS:.0f} s target"
     if params:
         verdict += ", which is for the defaults, not " + ", ".join(f"{key}={value!r}" for key, value in params.items())
-    print(
+    report = (
         f"{args.rows:,} x {args.columns}, {args.threads} threads: NoveltyDetector fit + score {detector_seconds:.1f} s "
         f"(fit {fit_seconds:.1f} s, score {score_seconds:.1f} s; {verdict}), "
         f"IsolationForest {iforest_seconds:.2f} s: {ratio:.1f} times as long"
     )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.md").write_text(f"# Detector speed: bench_detector.py\n\n{report}\n")
+    print(report)
     print(
         f"summary: detector_seconds={detector_seconds:.2f} fit_seconds={fit_seconds:.2f} "
         f"score_seconds={score_seconds:.2f} iforest_seconds={iforest_seconds:.3f} ratio_to_iforest={ratio:.1f} "

@@ -34,6 +34,7 @@ import random
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -154,6 +155,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="rounds of one block per method, per batch size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default="runs/bench_train", help="folder for results.md")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -161,7 +163,7 @@ def main() -> None:
     pyro.set_rng_seed(0)
     order = random.Random(0)
     x_all = (load_dataset("mnist", args.data_dir).train_x > 0.5).float().to(device)
-    results = {}
+    results, report = {}, []
     for batch_size in args.batch_sizes:
         block = x_all[: batch_size * args.steps]
         pyro.clear_param_store()
@@ -179,20 +181,25 @@ def main() -> None:
                 times[key].append(methods[key]())
         medians = {key: statistics.median(values) for key, values in times.items()}
         results[batch_size] = medians
-        print(
+        report.append(
             f"batch {batch_size:4d}: hand-written {1e3 * medians['a']:.2f} ms (fused Adam: {1e3 * medians['af']:.2f}), "
             f"Pyro SVI {1e3 * medians['b']:.2f} ms ({medians['b'] / medians['a']:.2f}x), "
             f"pyro_vae.fit {1e3 * medians['c']:.2f} ms ({medians['c'] / medians['a']:.2f}x; "
             f"{medians['c'] / medians['af']:.2f}x the fused hand-written), captured {1e3 * medians['d']:.2f} ms "
-            f"({medians['d'] / medians['a']:.2f}x; {medians['d'] / medians['af']:.2f}x the fused hand-written)",
-            flush=True,
+            f"({medians['d'] / medians['a']:.2f}x; {medians['d'] / medians['af']:.2f}x the fused hand-written)"
         )
+        print(report[-1], flush=True)
     start = time.perf_counter()
     pyro_vae_fit(128, device)(x_all)
     epoch_seconds = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"one MNIST epoch with pyro_vae.fit (batch 128, data handling included): {epoch_seconds:.1f} s")
-    print(f"peak resident memory of this process: {peak_gib:.2f} GiB")
+    report += [
+        f"one MNIST epoch with pyro_vae.fit (batch 128, data handling included): {epoch_seconds:.1f} s",
+        f"peak resident memory of this process: {peak_gib:.2f} GiB",
+    ]
+    print("\n".join(report[-2:]))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.md").write_text("# Training speed: bench_train.py\n\n" + "\n\n".join(report) + "\n")
     ratios = " ".join(
         f"step_ratio_b{size}={m['c'] / m['a']:.2f} pyro_ratio_b{size}={m['b'] / m['a']:.2f} "
         f"fused_ratio_b{size}={m['c'] / m['af']:.2f} captured_ratio_b{size}={m['d'] / m['a']:.2f} "

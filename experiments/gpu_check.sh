@@ -66,7 +66,7 @@ else
 fi
 stage gpu-tests 120 "$python" -m pytest -q -m gpu -p no:cacheprovider -rs
 stage bench-train 90 "$python" experiments/bench_train.py --device "$device" --data-dir "$data/mnist" \
-    --threads "$threads" "${train_sizes[@]}"
+    --threads "$threads" --out "$out/bench-train" "${train_sizes[@]}"
 stage bench-score 90 "$python" experiments/bench_score.py --device "$device" --data-dir "$data/mnist" \
     --threads "$threads" --out "$out/bench-score" "${score_sizes[@]}"
 stage suite 90 "$python" -m pytest -p no:cacheprovider "${suite[@]}"

@@ -39,6 +39,13 @@ def test_the_readme_quotes_every_stored_result_and_every_result_can_be_rerun():
     assert len(readme) >= 12
 
 
+@pytest.mark.parametrize("name", sorted(quote_results.EXPERIMENTS))
+def test_every_registered_experiment_takes_the_output_folder_the_results_command_passes(name):
+    """`quote_results.py run NAME` calls the script with --out; a script without it fails there."""
+    source = (ROOT / "experiments" / quote_results.EXPERIMENTS[name].script).read_text()
+    assert '"--out"' in source, f"experiments/{quote_results.EXPERIMENTS[name].script} has no --out option"
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "docs" / "results").glob("*.txt")), ids=lambda path: path.stem)
 def test_results_files_say_where_every_run_came_from(path):
     runs = quote_results.read_results(path)
