@@ -106,6 +106,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     ),
     "bench_detector": Experiment("bench_detector.py"),
     "bench_train": Experiment("bench_train.py"),
+    "bench_train_captured": Experiment("bench_train.py"),  # the runs since (d), the captured step, was timed too
     "bench_score": Experiment("bench_score.py"),
     "bench_adaptive_k": Experiment(
         "bench_adaptive_k.py", ("--threads", "1"), {"results.md": "docs/bench_adaptive_k_results.md"}
