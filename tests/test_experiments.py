@@ -208,3 +208,20 @@ def test_the_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
     score = dict(pair.split("=", 1) for pair in table[3].split("summary: ")[1].split())
     assert score["device"] == "cpu" and 0 < float(score["roofline_fraction"]) <= 1.5
     assert "fused_ratio_b32=" in table[2]
+
+
+def test_bench_pythae_trains_both_and_scores_them_alike(tmp_path):
+    pytest.importorskip("pythae")
+    if not (ROOT.parent / "shared" / "data" / "mnist").exists():
+        pytest.skip("no MNIST in ../shared/data")
+    values = summary(
+        "bench_pythae.py",
+        *("--data-dir", str(ROOT.parent / "shared" / "data" / "mnist"), "--train-size", "600", "--epochs", "2"),
+        *("--test-size", "30", "--num-samples", "40", "--check-images", "10", "--threads", "1", "--out", str(tmp_path)),
+    )
+    assert "| Pythae TrainingPipeline |" in (tmp_path / "results.md").read_text()
+    assert float(values["captured_test_nll"]) == float(values["fit_test_nll"])  # the same training, bit for bit
+    assert 100 < float(values["pythae_test_nll"]) < 544  # between a good model and 784 log 2
+    assert float(values["epoch_ratio"]) == pytest.approx(
+        float(values["fit_epoch_seconds"]) / float(values["pythae_epoch_seconds"]), rel=0.1
+    )
