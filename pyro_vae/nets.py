@@ -20,7 +20,13 @@ from torch import nn
 
 
 def _activation(name: str) -> nn.Module:
-    activations = {"relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus, "tanh": nn.Tanh}
+    activations = {
+        "relu": nn.ReLU,
+        "elu": nn.ELU,
+        "softplus": nn.Softplus,
+        "tanh": nn.Tanh,
+        "leaky_relu": lambda: nn.LeakyReLU(0.2),  # a DCGAN discriminator's
+    }
     if name not in activations:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(activations)}")
     return activations[name]()
@@ -32,7 +38,7 @@ class MLP(nn.Sequential):
     :param int in_features: size of the (flattened) input.
     :param hidden: sizes of the hidden layers, possibly empty (a linear map).
     :param int out_features: size of the output.
-    :param str activation: ``"relu"``, ``"elu"``, ``"softplus"`` or ``"tanh"``.
+    :param str activation: ``"relu"``, ``"elu"``, ``"softplus"``, ``"tanh"`` or ``"leaky_relu"``.
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu") -> None:
