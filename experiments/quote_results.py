@@ -108,6 +108,9 @@ EXPERIMENTS: dict[str, Experiment] = {
     "bench_train": Experiment("bench_train.py"),
     "bench_train_captured": Experiment("bench_train.py"),  # the runs since (d), the captured step, was timed too
     "bench_score": Experiment("bench_score.py"),
+    "gan_vs_vae": Experiment(
+        "gan_vs_vae.py", (), {"results.md": "docs/gan_vs_vae_results.md", "samples.png": "docs/gan_vs_vae_samples.png"}
+    ),
     "bench_pythae": Experiment("bench_pythae.py", (), {"results.md": "docs/bench_pythae_results.md"}),
     "bench_adaptive_k": Experiment(
         "bench_adaptive_k.py", ("--threads", "1"), {"results.md": "docs/bench_adaptive_k_results.md"}

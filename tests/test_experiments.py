@@ -225,3 +225,19 @@ def test_bench_pythae_trains_both_and_scores_them_alike(tmp_path):
     assert float(values["epoch_ratio"]) == pytest.approx(
         float(values["fit_epoch_seconds"]) / float(values["pythae_epoch_seconds"]), rel=0.1
     )
+
+
+def test_gan_vs_vae_puts_every_model_in_one_table(tmp_path):
+    if not (ROOT.parent / "shared" / "data" / "mnist").exists():
+        pytest.skip("no MNIST in ../shared/data")
+    values = summary(
+        "gan_vs_vae.py",
+        *("--data-root", str(ROOT.parent / "shared" / "data"), "--sets", "mnist", "--seeds", "0"),
+        *("--train-size", "512", "--vae-epochs", "1", "--gan-epochs", "1", "--classifier-epochs", "1"),
+        *("--samples", "200", "--test-size", "20", "--num-samples", "5", "--threads", "1", "--out", str(tmp_path)),
+    )
+    table = (tmp_path / "results.md").read_text()
+    for model in ("| MNIST | VAE |", "| MNIST | VampPrior VAE |", "| MNIST | DCGAN |", "| MNIST | class-conditional"):
+        assert model in table
+    assert float(values["mnist_vae_fd"]) > 0 and 0 <= float(values["mnist_cgan_class_match"]) <= 1
+    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
