@@ -194,9 +194,17 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tables, grids, accuracies = {}, {}, {}
-    for name in args.sets:
+    for name in args.sets:  # the table so far is written after every data set: a stopped run keeps it
         tables[name], grids[name], accuracies[name] = run_set(name, args)
-    plot(grids, out / "samples.png")
+        plot(grids, out / "samples.png")
+        lines, summary = report(tables, accuracies, args, (time.perf_counter() - started) / 60)
+        (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"summary: {' '.join(summary)} seeds={len(args.seeds)} minutes={(time.perf_counter() - started) / 60:.1f}")
+
+
+def report(tables: dict, accuracies: dict, args: argparse.Namespace, minutes: float) -> tuple[list[str], list[str]]:
+    """The results table of the data sets done so far, and their summary entries."""
     lines = [
         "# Sample quality: GANs beside VAEs",
         "",
@@ -225,11 +233,9 @@ def main() -> None:
             summary += [f"{prefix}_fd={np.mean(values['fd']):.2f}", f"{prefix}_recall={np.mean(values['recall']):.3f}"]
             if "class_match" in values:
                 summary.append(f"{prefix}_class_match={np.mean(values['class_match']):.3f}")
-    minutes = (time.perf_counter() - started) / 60
-    lines += ["", f"Total wall time {minutes:.1f} min. ![samples](samples.png)"]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"summary: {' '.join(summary)} seeds={len(args.seeds)} minutes={minutes:.1f}")
+    done = ", ".join(SETS[name] for name in tables)
+    lines += ["", f"Data sets done: {done}; wall time so far {minutes:.1f} min. ![samples](samples.png)"]
+    return lines, summary
 
 
 if __name__ == "__main__":
