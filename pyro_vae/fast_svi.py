@@ -205,11 +205,7 @@ class FastSVI:
         surrogate, summed in ``Trace_ELBO``'s order, and the (unconstrained) parameters the
         programs used, by identity: the pair's own, each once, as ``SVI`` collects them."""
         model_sums, guide_sums, parameters = self._log_prob_sums(*args, **kwargs)
-        elbo = 0
-        for log_p in model_sums:
-            elbo = elbo + torch_item(log_p)
-        for log_p in guide_sums:
-            elbo = elbo - torch_item(log_p)
+        elbo = _difference(model_sums, guide_sums, torch_item)
         return -elbo, -_difference(model_sums, guide_sums), parameters
 
     def _log_prob_sums(self, *args, **kwargs) -> tuple[list[torch.Tensor], list[torch.Tensor], dict]:
@@ -245,11 +241,7 @@ class FastSVI:
         tensor in the order in which :meth:`eager_step` adds the Python floats, and the gradients
         from :func:`torch.autograd.grad`. Returns the -ELBO and the parameters used."""
         model_sums, guide_sums, used = self._log_prob_sums(*args, **kwargs)
-        elbo = 0
-        for log_p in model_sums:
-            elbo = elbo + log_p.double()
-        for log_p in guide_sums:
-            elbo = elbo - log_p.double()
+        elbo = _difference(model_sums, guide_sums, torch.Tensor.double)
         surrogate = -_difference(model_sums, guide_sums) / 1  # the eager step's division by one particle
         parameters = list(used.values())
         if getattr(surrogate, "requires_grad", False):
@@ -287,13 +279,14 @@ class FastSVI:
         return loss, list(used.values())
 
 
-def _difference(model_sums: list[torch.Tensor], guide_sums: list[torch.Tensor]) -> torch.Tensor:
-    """``Σ model - Σ guide``, added up term by term from 0 in ``Trace_ELBO``'s order."""
+def _difference(model_sums: list[torch.Tensor], guide_sums: list[torch.Tensor], term: Callable = lambda log_p: log_p):
+    """``Σ model - Σ guide`` of ``term`` of each site's sum (itself, a Python float, a float64
+    tensor), added up term by term from 0 in ``Trace_ELBO``'s order."""
     total = 0
     for log_p in model_sums:
-        total = total + log_p
+        total = total + term(log_p)
     for log_p in guide_sums:
-        total = total - log_p
+        total = total - term(log_p)
     return total
 
 
