@@ -442,6 +442,7 @@ class _Options:
     convention: Convention | None
     label_batches: str
     capture: bool
+    extra_loss: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None
 
     @property
     def importance_weighted(self) -> bool:
@@ -474,6 +475,11 @@ class _Options:
             )
         if self.label_batches not in LABEL_BATCHES:
             raise ValueError(f"label_batches must be one of {LABEL_BATCHES}, got {self.label_batches!r}")
+        if self.extra_loss is not None and (self.capture or self.distributed):
+            raise ValueError(
+                "extra_loss adds a term outside the ELBO's step, which neither a captured step (capture=True) nor "
+                "distributed training includes; drop one of them"
+            )
         if self.num_particles < 1:
             raise ValueError(f"num_particles must be at least 1, got {self.num_particles}")
         if not 0 <= self.free_bits < math.inf:
@@ -516,6 +522,7 @@ def fit(
     convention: Convention | None = None,
     label_batches: str = "mixed",
     capture: bool = False,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` and ``guide`` by SVI and return the :class:`History`.
 
@@ -610,6 +617,13 @@ def fit(
         only on their arguments' shapes (not on Python state such as a counter); where the step
         cannot be recorded (another estimator, gradient clipping, several particles, distributed
         training) it runs eagerly, with a warning that says why.
+    :param extra_loss: a term added to the training objective: ``extra_loss(x, y)`` is called on
+        every (transformed) training minibatch before its SVI step and returns a 0-d tensor, a
+        loss per datum (as -ELBO / N is); the gradient of ``N * extra_loss(x, y)`` for the pair's
+        parameters is added to the ELBO's, and any other tensor it reaches is left to its owner
+        (e.g. :class:`~pyro_vae.vae_gan.AdversarialTerm`, which steps its discriminator itself).
+        The history, the validation ELBO and every score stay the ELBO's. Not with ``capture``
+        (the recorded step is the ELBO's alone) nor ``distributed``.
     """
     options = _Options(**{name: value for name, value in locals().items() if name in _Options.__dataclass_fields__})
     options.check()
@@ -742,7 +756,9 @@ class _Run:
         )  # fmt: skip
         while True:
             try:
-                train_elbo = _train_epoch(self.svi, self._batches(), self.size, schedule, self.parameters)
+                train_elbo = _train_epoch(
+                    self.svi, self._batches(), self.size, schedule, self.parameters, self.options.extra_loss
+                )
                 _check_divergence(train_elbo, epoch, self.history, self.options.warmup_epochs)
                 break
             except FloatingPointError as fault:
@@ -886,7 +902,12 @@ class _KLSchedule:
 
 
 def _train_epoch(
-    svi: Stepper, batches: Iterator, size: int, schedule: _KLSchedule, parameters: _PairParameters
+    svi: Stepper,
+    batches: Iterator,
+    size: int,
+    schedule: _KLSchedule,
+    parameters: _PairParameters,
+    extra_loss: Callable | None = None,
 ) -> float:
     """One pass of SVI steps; returns the mean training objective per datum. A numerical fault
     raises :class:`FloatingPointError` saying what broke where (the caller adds what to do)."""
@@ -894,6 +915,7 @@ def _train_epoch(
     for step, (x, y) in enumerate(batches):
         schedule.set(step)
         where = f"at epoch {schedule.epoch}, step {step + 1}"
+        owned = None if extra_loss is None else _add_extra_gradient(extra_loss, x, y, size, parameters(), where)
         try:
             step_loss = svi.step(x, y=y, size=size)
         except ValueError:
@@ -904,11 +926,32 @@ def _train_epoch(
             raise
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"the loss became {step_loss} {where}")
+        for tensor in owned or ():  # a parameter this step's ELBO did not use must not carry the term on
+            tensor.grad = None
         total, steps = total + step_loss, steps + 1
     broken = parameters.nonfinite()
     if broken:  # the epoch's last step can break the parameters and still report a finite loss
         raise FloatingPointError(f"parameters {broken[:3]} became non-finite in epoch {schedule.epoch}")
     return -total / (size * steps)
+
+
+def _add_extra_gradient(
+    extra_loss: Callable, x: torch.Tensor, y: torch.Tensor | None, size: int, owned: dict, where: str
+) -> list[torch.Tensor]:
+    """Add the gradient of ``size * extra_loss(x, y)`` for the pair's parameters to their
+    ``.grad``, to which the estimator's backward pass adds the ELBO's before its optimizer step;
+    returns those parameters."""
+    term = extra_loss(x, y)
+    if not isinstance(term, torch.Tensor) or term.dim() != 0:
+        raise TypeError(f"extra_loss(x, y) must return a 0-d tensor (a loss per datum), got {term!r:.80}")
+    if not torch.isfinite(term):
+        raise FloatingPointError(f"the extra loss became {term.item()} {where}")
+    tensors = list(owned.values())
+    if term.requires_grad:
+        for tensor, gradient in zip(tensors, torch.autograd.grad(size * term, tensors, allow_unused=True), strict=True):
+            if gradient is not None:  # contiguous: the backward pass adds to it in place
+                tensor.grad = gradient.contiguous() if tensor.grad is None else tensor.grad + gradient
+    return tensors
 
 
 def _check_divergence(train_elbo: float, epoch: int, history: History, warmup_epochs: float) -> None:

@@ -237,7 +237,22 @@ def test_gan_vs_vae_puts_every_model_in_one_table(tmp_path):
         *("--samples", "200", "--test-size", "20", "--num-samples", "5", "--threads", "1", "--out", str(tmp_path)),
     )
     table = (tmp_path / "results.md").read_text()
-    for model in ("| MNIST | VAE |", "| MNIST | VampPrior VAE |", "| MNIST | DCGAN |", "| MNIST | class-conditional"):
-        assert model in table
+    for model in ("VAE", "VampPrior VAE", "hierarchical VAE", "DCGAN", "class-conditional DCGAN", "VAE-GAN"):
+        assert f"| MNIST | {model} |" in table
     assert float(values["mnist_vae_fd"]) > 0 and 0 <= float(values["mnist_cgan_class_match"]) <= 1
     assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gan_vs_vae_chooses_on_held_out_training_images(tmp_path):
+    if not (ROOT.parent / "shared" / "data" / "mnist").exists():
+        pytest.skip("no MNIST in ../shared/data")
+    summary(
+        "gan_vs_vae.py",
+        *("--data-root", str(ROOT.parent / "shared" / "data"), "--sets", "mnist", "--seeds", "0"),
+        *("--models", "vaegan", "--reference", "validation", "--vaegan-weight", "3"),
+        *("--train-size", "256", "--vae-epochs", "1", "--classifier-epochs", "1"),
+        *("--samples", "100", "--test-size", "10", "--num-samples", "5", "--threads", "1", "--out", str(tmp_path)),
+    )
+    table = (tmp_path / "results.md").read_text()
+    assert "| MNIST | VAE-GAN |" in table and "| MNIST | VAE |" not in table
+    assert "against as many held-out training images" in table and "VAE-GAN weight 3" in table
