@@ -14,7 +14,8 @@ from scratch for every seed:
 - ``cgan``: the class-conditional DCGAN, sampled with classes drawn uniformly;
 - ``vaegan``: VAE-GAN (Larsen et al. 2016): the stock VAE trained by ``fit`` with the
   adversarial term of a PatchGAN discriminator (:class:`pyro_vae.vae_gan.AdversarialTerm`,
-  weight ``--vaegan-weight``), sampled as the VAE is; its ELBO and NLL stay defined.
+  weight ``--vaegan-weight``, shown binary draws of p(x | z) beside the binarized data), sampled as
+  the VAE is; its ELBO and NLL stay defined.
 
 Metrics (:mod:`pyro_vae.sample_quality`): the Fréchet distance of the samples' features to the
 test images' (FD), precision and recall (k = 3), the classes the classifier assigns to the
@@ -49,11 +50,11 @@ import pyro_vae
 from pyro_vae.adversarial import fit_gan
 from pyro_vae.data import load_dataset
 from pyro_vae.gan import Discriminator, Generator
-from pyro_vae.vae_gan import AdversarialTerm
 from pyro_vae.guides import AmortizedNormal, TopDownGuide
 from pyro_vae.models import VAE, HierarchicalVAE, VampPriorVAE
 from pyro_vae.models.vampprior import initial_pseudo_inputs
 from pyro_vae.sample_quality import class_coverage, frechet_distance, precision_recall, train_feature_classifier
+from pyro_vae.vae_gan import AdversarialTerm
 
 SETS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 MODELS = {
@@ -85,7 +86,8 @@ def train_vae(kind: str, train: torch.Tensor, args: argparse.Namespace, seed: in
     if kind == "vaegan":
         torch.manual_seed(seed)
         discriminator = Discriminator(shape, args.gan_hidden, "patch")
-        options["extra_loss"] = AdversarialTerm(model, guide, discriminator, weight=args.vaegan_weight)
+        term = AdversarialTerm(model, guide, discriminator, weight=args.vaegan_weight, compare="draw")
+        options["extra_loss"] = term  # draws: the discriminator sees binary images on both sides
     pyro_vae.fit(model, guide, train, epochs=args.vae_epochs, **options)
     return model.eval(), guide.eval()
 
@@ -233,10 +235,12 @@ def report(tables: dict, accuracies: dict, args: argparse.Namespace, minutes: fl
     lines = [
         "# Sample quality: GANs beside VAEs",
         "",
-        f"Features: a convolutional classifier per data set ({args.classifier_epochs} epochs; test accuracy "
+        f"Features: a convolutional classifier per data set ({args.classifier_epochs} epochs; accuracy on the "
+        f"{reference} images "
         + ", ".join(f"{SETS[name]} {accuracies[name]:.3f}" for name in tables)
         + f"). {args.samples} samples per model against as many {reference} images; VAEs {args.vae_epochs} "
-        f"epochs, GANs {args.gan_epochs} epochs, VAE-GAN weight {args.vaegan_weight:g}; seeds {', '.join(map(str, args.seeds))} (mean ± sd). FD: Fréchet distance "
+        f"epochs, GANs {args.gan_epochs} epochs, VAE-GAN weight {args.vaegan_weight:g}; seeds "
+        f"{', '.join(map(str, args.seeds))} (mean ± sd). FD: Fréchet distance "
         "(lower is better); classes: classes the classifier assigns to any sample; TV: total-variation distance of "
         f"the assigned classes to uniform (0: all classes alike); NLL: {reference} -log p(x), K = {args.num_samples}, "
         f"{args.test_size} images.",

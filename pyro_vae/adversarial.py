@@ -11,14 +11,18 @@ data are ``1 - label_smoothing``, never those for samples. A PatchGAN discrimina
 
 :func:`fit_gan` alternates one discriminator step and one generator step per minibatch and
 returns a :class:`GANHistory`. It draws from torch's global generator, which ``seed`` seeds first
-(as :func:`pyro_vae.fit` does).
+(as :func:`pyro_vae.fit` does). After every epoch it can hand a :class:`GANState` (both
+optimizers' states, the history and the random-number states; tensors and plain values only) to a
+callback; passed back as ``resume=``, with the networks' weights of that epoch loaded, training
+continues as if it had never stopped (the same draws and minibatches, bit for bit on CPU).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -27,6 +31,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from pyro_vae.device import resolve_device
 from pyro_vae.gan import Discriminator, Generator
 from pyro_vae.progress import progress_bar
+from pyro_vae.resume import rng_state, set_rng_state
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, label_smoothing: float = 0.0):
@@ -48,6 +53,25 @@ class GANHistory:
     discriminator_loss: list[float] = field(default_factory=list)
     generator_loss: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class GANState:
+    """What :func:`fit_gan` needs, besides the networks' weights, to continue after ``epoch``."""
+
+    epoch: int
+    history: dict
+    generator_optimizer: dict
+    discriminator_optimizer: dict
+    rng: dict
+
+    def to_dict(self) -> dict:
+        """Tensors and plain values only (safe for ``weights_only`` loading)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict) -> GANState:
+        return cls(**state)
 
 
 def _data(data: torch.Tensor | tuple[torch.Tensor, torch.Tensor], conditional: bool):
@@ -74,12 +98,15 @@ def fit_gan(
     device: str = "cpu",
     seed: int | None = None,
     progress: bool | None = None,
-    on_epoch_end: Callable[[int, GANHistory], None] | None = None,
+    on_epoch_end: Callable[[GANState], None] | None = None,
+    resume: GANState | None = None,
 ) -> GANHistory:
     """Train ``generator`` and ``discriminator`` by the non-saturating game on ``data`` (samples
     ``x``, or ``(x, y)`` with class labels for conditional networks); returns the
     :class:`GANHistory`. ``seed`` seeds torch's generator first (``None``: draws from it as it is);
-    ``on_epoch_end(epoch, history)`` is called after every epoch (to save a checkpoint, say)."""
+    ``on_epoch_end(state)`` is called with the :class:`GANState` after every epoch (to save a
+    checkpoint, say); ``resume``, such a state, continues after its epoch (load the networks'
+    weights of that epoch first)."""
     conditional = generator.labels is not None
     if (discriminator.labels is not None) != conditional:
         raise ValueError("the generator and the discriminator must both be class-conditional, or neither")
@@ -91,10 +118,15 @@ def fit_gan(
         torch.manual_seed(seed)
     g_optim = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
     d_optim = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
-    history = GANHistory()
-    bar = progress_bar(total=epochs, desc="GAN", unit="epoch", show=progress)
+    history, first_epoch = GANHistory(), 1
+    if resume is not None:
+        g_optim.load_state_dict(resume.generator_optimizer)
+        d_optim.load_state_dict(resume.discriminator_optimizer)
+        history, first_epoch = GANHistory(**resume.history), resume.epoch + 1
+        set_rng_state(resume.rng)
+    bar = progress_bar(total=epochs, initial=first_epoch - 1, desc="GAN", unit="epoch", show=progress)
     with bar:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
             started, d_total, g_total, steps = time.perf_counter(), 0.0, 0.0, 0
             for index in torch.randperm(len(x), device=device).split(batch_size):
                 real, labels = x[index], None if y is None else y[index]
@@ -114,7 +146,8 @@ def fit_gan(
             bar.update(1)
             bar.set_postfix(d_loss=f"{d_total / steps:.3f}", g_loss=f"{g_total / steps:.3f}")
             if on_epoch_end is not None:
-                on_epoch_end(epoch, history)
+                optimizers = copy.deepcopy((g_optim.state_dict(), d_optim.state_dict()))  # not the live moments
+                on_epoch_end(GANState(epoch, asdict(history), *optimizers, rng_state()))
     return history
 
 

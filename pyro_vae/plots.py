@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from pyro_vae.adversarial import GANHistory
 from pyro_vae.training import History
 
 
@@ -42,6 +43,23 @@ def plot_history(history: History, path: str | Path, title: str = "Training") ->
         axes.axvline(history.best_epoch, color="grey", linestyle=":", label=f"best epoch ({history.best_epoch})")
     axes.set_xlabel("epoch")
     axes.set_ylabel(f"{history.objective if same else 'objective'} per datum (nats)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def plot_gan_history(history: GANHistory, path: str | Path, title: str = "GAN training") -> Path:
+    """Both players' mean losses against epoch, with the value of a discriminator that cannot
+    tell data from samples (2 log 2 for its loss, log 2 for the generator's) for reference."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    axes.plot(history.epoch, history.discriminator_loss, label="discriminator", color="tab:red")
+    axes.plot(history.epoch, history.generator_loss, label="generator (non-saturating)", color="tab:green")
+    axes.axhline(2 * math.log(2), color="tab:red", linestyle=":", label="chance: 2 log 2, log 2")
+    axes.axhline(math.log(2), color="tab:green", linestyle=":")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("mean loss per minibatch (nats)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()

@@ -8,7 +8,11 @@ and gains the generator's half of a GAN game played against a discriminator (a P
 
 1. decodes the guide's draw of every datum (reconstructions, the model replaying the guide) and
    the model's own draw from its prior (samples, the model run on ``x`` without the guide), and
-   takes the mean of the data site of each: ``x̃ = E[x | z ~ q(z | x)]``, ``x_p = E[x | z ~ p(z)]``;
+   takes the mean of the data site of each: ``x̃ = E[x | z ~ q(z | x)]``, ``x_p = E[x | z ~ p(z)]``
+   (with ``compare="draw"``, a draw of the data site instead: reparameterized where the
+   distribution allows, else with the straight-through gradient of the mean (Bengio et al.
+   2013), as binarized data need: a discriminator shown binary data beside grey means tells them
+   apart by their grey levels alone);
 2. takes one step of the discriminator, with its own Adam optimizer, on telling ``x`` from
    ``x̃`` and ``x_p`` (the cross-entropy of :func:`~pyro_vae.adversarial.discriminator_loss`);
 3. returns ``weight`` times the non-saturating generator loss of ``x̃`` and ``x_p``
@@ -36,6 +40,16 @@ from pyro_vae.convention import DEFAULT, Convention
 from pyro_vae.latent import batch_first
 from pyro_vae.program import bind, observed_site
 
+COMPARED = ("mean", "draw")
+
+
+def _draw(distribution: torch.distributions.Distribution) -> torch.Tensor:
+    """A draw that carries a gradient: reparameterized, else straight through the mean."""
+    if distribution.has_rsample:
+        return distribution.rsample()
+    mean = distribution.mean
+    return distribution.sample() + (mean - mean.detach())  # the draw exactly: the bracket is 0
+
 
 class AdversarialTerm:
     """The VAE-GAN's extra loss for ``fit(model, guide, data, extra_loss=...)``.
@@ -47,6 +61,8 @@ class AdversarialTerm:
     :param float weight: the adversarial term's weight against the ELBO's per datum.
     :param float lr: the discriminator's learning rate (Adam with β = ``betas``, as DCGAN).
     :param float label_smoothing: one-sided label smoothing of the discriminator's data targets.
+    :param str compare: ``"mean"`` (the mean of p(x | z)) or ``"draw"`` (a draw of it) is what
+        the discriminator sees beside the data.
     :param convention: the program's names, if not ``"data"``, ``"x"`` and ``"y"``.
     """
 
@@ -60,10 +76,14 @@ class AdversarialTerm:
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.5, 0.999),
         label_smoothing: float = 0.1,
+        compare: str = "mean",
         convention: Convention | None = None,
     ) -> None:
         if not weight >= 0:
             raise ValueError(f"weight must be a number >= 0, got {weight}")
+        if compare not in COMPARED:
+            raise ValueError(f"compare must be one of {COMPARED}, got {compare!r}")
+        self.compare = compare
         self.convention = convention or DEFAULT
         self.model = bind(model, self.convention.data_plate)
         self.guide = bind(guide, self.convention.data_plate)
@@ -96,14 +116,15 @@ class AdversarialTerm:
         return self.weight * g_loss
 
     def reconstructions(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``E[x | z]`` at the guide's draw ``z ~ q(z | x)`` for every datum, differentiable."""
+        """``E[x | z]`` (or a draw of x) at the guide's draw ``z ~ q(z | x)`` for every datum, differentiable."""
         with poutine.block():
             guide_trace = poutine.trace(self.guide).get_trace(x, y, size=len(x))
             model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x, y, size=len(x))
         return self._mean(model_trace, x)
 
     def samples(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``E[x | z]`` at the model's own draws ``z ~ p(z)``, one per datum of ``x``, differentiable."""
+        """``E[x | z]`` (or a draw of x) at the model's own draws ``z ~ p(z)``, one per datum of
+        ``x``, differentiable."""
         with poutine.block():
             model_trace = poutine.trace(self.model).get_trace(x, y, size=len(x))
         return self._mean(model_trace, x)
@@ -112,7 +133,8 @@ class AdversarialTerm:
         if self._data_site is None:
             self._data_site = observed_site(model_trace, self.convention)
         site = model_trace.nodes[self._data_site]
-        return batch_first(site["fn"].mean, site, self.convention.data_plate).reshape(x.shape)
+        value = _draw(site["fn"]) if self.compare == "draw" else site["fn"].mean
+        return batch_first(value, site, self.convention.data_plate).reshape(x.shape)
 
     @staticmethod
     def _inputs(x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:

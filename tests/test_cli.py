@@ -18,7 +18,7 @@ import torch
 from pyro_vae.cli.run_folder import RUN_FILES
 from tests.conftest import DEVICES, shared_data
 
-COMMANDS = ("train", "evaluate", "sample", "reconstruct", "style", "score", "fit-detector", "latent")
+COMMANDS = ("train", "train-gan", "evaluate", "sample", "reconstruct", "style", "score", "fit-detector", "latent")
 
 
 def pyro_vae(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -120,3 +120,21 @@ def test_pyros_tutorial_vae_trains_as_a_vae_gan(examples):  # noqa: F811 (a fixt
     assert history.estimator == "FastSVI" and len(term.generator_losses) == 8
     assert term.reconstructions(x[:5]).shape == term.samples(x[:5]).shape == (5, 784)
     assert torch.isfinite(pyro_vae.log_likelihood(vae.model, vae.guide, x[:20], num_samples=20)).all()
+
+
+def test_draws_carry_the_gradient_of_the_mean(digits):
+    """compare="draw": binary draws of a Bernoulli site (what binarized data look like), whose
+    gradient is the mean's (straight through); a reparameterizable site is drawn by rsample."""
+    x = torch.bernoulli(digits.train_x[:32], generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model, guide = VAE.build((1, 8, 8), 2, (16,), "mlp", "bernoulli"), AmortizedNormal.build((1, 8, 8), 2, (16,))
+    term = AdversarialTerm(model, guide, Discriminator((1, 8, 8), [8], "patch"), compare="draw")
+    for drawn in (term.reconstructions(x), term.samples(x)):
+        assert set(drawn.detach().unique().tolist()) <= {0.0, 1.0}
+        bias = model.decoder.mlp[-1].bias
+        (gradient,) = torch.autograd.grad(drawn.sum(), bias)
+        assert torch.all(gradient > 0)  # d sigmoid(logit) / d logit, summed over the batch
+    continuous = AdversarialTerm(*pair(), Discriminator((1, 8, 8), [8], "patch"), compare="draw")
+    assert continuous.reconstructions(digits.train_x[:4]).requires_grad
+    with pytest.raises(ValueError, match="compare must be one of"):
+        AdversarialTerm(model, guide, Discriminator((1, 8, 8), [8], "patch"), compare="sample")

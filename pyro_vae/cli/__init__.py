@@ -1,5 +1,5 @@
-"""The ``pyro-vae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``style``,
-``score``, ``fit-detector`` and ``latent``.
+"""The ``pyro-vae`` command line: ``train``, ``train-gan``, ``evaluate``, ``sample``, ``reconstruct``,
+``style``, ``score``, ``fit-detector`` and ``latent``.
 
 Every command prints what it wrote. Errors in the input (missing files, wrong data, a checkpoint
 of another model) end the command with a message of one or two lines and exit status 2; a
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyro_vae.cli import latent, novelty, queries, train
+from pyro_vae.cli import latent, novelty, queries, train, train_gan
 from pyro_vae.cli.errors import run_command
 from pyro_vae.cli.options import (
     CONTAMINATION,
@@ -29,6 +29,7 @@ from pyro_vae.cli.options import (
 )
 from pyro_vae.cli.run_folder import check_output
 from pyro_vae.cli.stock import MODELS, PRIORS
+from pyro_vae.gan import DISCRIMINATOR_ARCHS
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.novelty import NoveltyDetector
@@ -211,6 +212,66 @@ def train_parser() -> argparse.ArgumentParser:
     return _add_train(_Parser(prog="pyro-vae").add_subparsers())
 
 
+def _add_train_gan(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "train-gan",
+        help="train a DCGAN on images and write a run directory",
+        description="Train a DCGAN (Radford et al. 2016) by the non-saturating game, with a DCGAN or PatchGAN "
+        "discriminator, optionally class-conditional, and write checkpoint.pt (after every epoch; --resume "
+        "continues), config.json, history.csv, losses.png, samples.png and metrics.json. 'pyro-vae sample' reads "
+        "the run.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--dataset", default="digits", help=DATASETS_HELP + " (images)")
+    parser.add_argument("--data-dir", help="folder of the data files (default: data/<dataset>)")
+    parser.add_argument("--download", action="store_true", help="let torchvision download MNIST/Fashion-MNIST")
+    parser.add_argument(
+        "--discriminator",
+        default="dcgan",
+        choices=DISCRIMINATOR_ARCHS[:2],
+        help="dcgan: one logit per image; patch: PatchGAN's, one logit per patch (Isola et al. 2017)",
+    )
+    parser.add_argument("--conditional", action="store_true", help="class-conditional GAN with the data set's labels")
+    parser.add_argument("--latent-dim", type=POSITIVE_INTEGER, default=32, help="dimension of z")
+    parser.add_argument(
+        "--hidden", type=_int_list, default=[32, 64], help="the generator's channels, from the image inwards"
+    )
+    parser.add_argument(
+        "--discriminator-hidden", type=_int_list, help="the discriminator's channels (default: --hidden)"
+    )
+    parser.add_argument("--epochs", type=POSITIVE_INTEGER, default=20, help="passes over the training data")
+    parser.add_argument("--batch-size", type=POSITIVE_INTEGER, default=64, help="minibatch size")
+    parser.add_argument("--lr", type=POSITIVE, default=2e-4, help="Adam learning rate of both players (β₁ = 0.5)")
+    parser.add_argument(
+        "--label-smoothing", type=FRACTION, default=0.1, help="one-sided: the discriminator's target for data"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--seed", type=SEED, default=0, help="seeds the initial weights, minibatches and draws")
+    parser.add_argument("--out", help="run directory (default: runs/<dataset>-gan)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the files of a run already in --out (other files stay)"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the interrupted GAN run in DIR from its last completed epoch, with the options it was "
+        "started with; --device and --quiet may change",
+    )
+    parser.add_argument(
+        "--accept-changed-data",
+        action="store_true",
+        help="with --resume: go on although the data differ from those the run started with",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(command=train_gan.run)
+    return parser
+
+
+def train_gan_parser() -> argparse.ArgumentParser:
+    """The parser of ``pyro-vae train-gan`` alone: its defaults and value checks, for ``--resume``."""
+    return _add_train_gan(_Parser(prog="pyro-vae").add_subparsers())
+
+
 RUN_HELP = "run directory written by 'pyro-vae train', or its checkpoint.pt"
 
 
@@ -275,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command_name", required=True)
     _add_train(commands)
+    _add_train_gan(commands)
 
     evaluate = _add_run_command(
         commands, "evaluate", "ELBO and importance-sampled log p(x) per datum, in nats", queries.evaluate
@@ -295,7 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", help="also write the results to this JSON file")
 
-    sample = _add_run_command(commands, "sample", "draw samples from the model as a PNG grid", queries.sample)
+    sample = _add_run_command(
+        commands,
+        "sample",
+        "draw samples from the model (or a GAN's generator) as a PNG grid",
+        queries.sample,
+        run_help="run directory written by 'pyro-vae train' or 'pyro-vae train-gan', or its checkpoint.pt",
+    )
     sample.add_argument("--num", type=POSITIVE_INTEGER, default=64, help="number of samples")
     sample.add_argument(
         "--class",
@@ -422,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(f"pyro-vae {args.command_name}", command)
 
 
-FOLDER_OUTPUTS = ("train", "score", "fit-detector")
+FOLDER_OUTPUTS = ("train", "train-gan", "score", "fit-detector")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

@@ -10,15 +10,19 @@ from pathlib import Path
 import torch
 
 from pyro_vae import plots
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.cli.gan_run import GANRun, load_gan_run
 from pyro_vae.cli.inputs import check_shape, chosen_split, read_data
 from pyro_vae.cli.report import (
     class_grid,
     conditional_score_table,
+    gan_class_grid,
     score_name,
     score_table,
     style_transfer,
 )
-from pyro_vae.cli.stock import Run, load_run
+from pyro_vae.cli.stock import GAN_MODEL, Run, checkpoint_path, load_run, run_from
+from pyro_vae.device import resolve_device
 from pyro_vae.scoring import (
     ADAPTIVE_FIRST_SAMPLES,
     ADAPTIVE_MAX_SAMPLES,
@@ -114,7 +118,12 @@ def _require_images(run: Run, command: str) -> None:
 
 
 def sample(args: argparse.Namespace) -> int:
-    run = load_run(args.run, args.device)
+    """``pyro-vae sample`` on a VAE run (means of p(x | z) at z ~ p(z)) or a GAN run (g(z))."""
+    device = resolve_device(args.device)
+    checkpoint = load_checkpoint(checkpoint_path(args.run), map_location=device)
+    if checkpoint.config.get("model") == GAN_MODEL:
+        return _sample_gan(load_gan_run(checkpoint, device), args)
+    run = run_from(checkpoint, device)
     _require_images(run, "sample")
     if args.label is not None and not run.conditional:
         raise ValueError("--class needs a run trained with --conditional")
@@ -127,13 +136,38 @@ def sample(args: argparse.Namespace) -> int:
         with torch.no_grad():
             z = run.model.prior().sample((args.num,))
             if run.conditional:
-                if not 0 <= args.label < run.config["num_classes"]:
-                    raise ValueError(f"--class must be in 0..{run.config['num_classes'] - 1}, got {args.label}")
+                _check_class(args.label, run.config["num_classes"])
                 images = run.model.decode(z, torch.full((args.num,), args.label, device=z.device))
             else:
                 images = run.model.decode(z)
         title = f"{dataset}: {args.num} samples" + ("" if args.label is None else f" of class {args.label}")
         plots.image_grid(images, out, title)
+    print(f"wrote {out}")
+    return 0
+
+
+def _check_class(label: int, num_classes: int) -> None:
+    if not 0 <= label < num_classes:
+        raise ValueError(f"--class must be in 0..{num_classes - 1}, got {label}")
+
+
+def _sample_gan(run: GANRun, args: argparse.Namespace) -> int:
+    """A GAN run's samples: ``--num`` of them, of ``--class`` if given, or a row per class."""
+    classes = run.config["num_classes"]
+    if args.label is not None and classes is None:
+        raise ValueError("--class needs a GAN trained with --conditional")
+    torch.manual_seed(args.seed)
+    out = Path(args.out) if args.out else run.directory / "samples.png"
+    dataset = run.config["dataset"]
+    if classes is not None and args.label is None:
+        gan_class_grid(run.generator, classes, 10, out, f"{dataset}: a row per class, a column per z")
+    else:
+        labels = None
+        if classes is not None:
+            _check_class(args.label, classes)
+            labels = torch.full((args.num,), args.label, device=next(run.generator.parameters()).device)
+        title = f"{dataset}: {args.num} GAN samples" + ("" if args.label is None else f" of class {args.label}")
+        plots.image_grid(run.generator.sample(args.num, labels), out, title)
     print(f"wrote {out}")
     return 0
 

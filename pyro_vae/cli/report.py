@@ -13,6 +13,7 @@ import torch
 from pyro_vae import plots
 from pyro_vae.conditional import ClassScores, class_scores
 from pyro_vae.diagnostics import importance_scores
+from pyro_vae.gan import Generator
 from pyro_vae.scoring import elbo
 
 TOP = 10
@@ -168,6 +169,17 @@ def class_grid(model, num_classes: int, draws: int, path: Path, title: str) -> P
     labels = torch.arange(num_classes, device=z.device).repeat_interleave(draws)
     with torch.no_grad():
         images = model.decode(z, labels)
+    return plots.image_grid(images, path, title, columns=draws)
+
+
+def gan_class_grid(generator: Generator, num_classes: int, draws: int, path: Path, title: str) -> Path:
+    """A class-conditional generator's samples: one row per class, one column per z (the same z
+    down each column)."""
+    parameter = next(generator.parameters())
+    z = torch.randn(draws, generator.latent_dim, device=parameter.device).repeat(num_classes, 1)
+    labels = torch.arange(num_classes, device=z.device).repeat_interleave(draws)
+    with torch.no_grad():
+        images = generator(z, labels)
     return plots.image_grid(images, path, title, columns=draws)
 
 

@@ -31,6 +31,7 @@ RUN_FILES = (
     "history.csv",
     "metrics.json",
     "elbo.png",
+    "losses.png",
     "samples.png",
     "reconstructions.png",
     "style_transfer.png",

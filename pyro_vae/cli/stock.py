@@ -27,6 +27,7 @@ MODELS = ("vae", "hierarchical")  # a config without "model" (an older run) is a
 PRIORS = ("normal", "vampprior")  # a config without "prior" has N(0, I)
 BOUNDED_LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # data in [0, 1]: pseudo-inputs clipped there
 CHECKPOINT_NAME = "checkpoint.pt"
+GAN_MODEL = "gan"  # the config's "model" of a run of 'pyro-vae train-gan' (pyro_vae.cli.gan_run)
 
 
 Model = VAE | ConditionalVAE | HierarchicalVAE
@@ -211,7 +212,12 @@ _NOT_FROM_TRAIN = "it was not written by this version of 'pyro-vae train', or wa
 
 
 def check_config(config: dict, path: Path) -> None:
-    """Refuse a stock configuration with a missing or mistyped key, naming the key."""
+    """Refuse a stock configuration with a missing or mistyped key, naming the key, and a GAN's."""
+    if config.get("model") == GAN_MODEL:
+        raise ValueError(
+            f"{path} is a GAN run (written by 'pyro-vae train-gan'): it has no likelihood or encoder, so only "
+            "'pyro-vae sample' and 'pyro-vae train-gan --resume' read it; give a run of 'pyro-vae train'"
+        )
     rules = _COMMON | (_CONDITIONAL if config.get("conditional") else _UNCONDITIONAL)
     if config.get("model") == "hierarchical":
         rules |= _HIERARCHICAL
@@ -247,16 +253,20 @@ def load_run(location: str | Path, device: str = "cpu") -> Run:
 
     Raises :class:`FileNotFoundError` or :class:`ValueError` naming the file, what is wrong with
     it and what to do, for anything but a run directory or checkpoint written by ``pyro-vae train``."""
-    path = checkpoint_path(location)
     torch_device = resolve_device(device)
-    checkpoint = load_checkpoint(path, map_location=torch_device)
+    return run_from(load_checkpoint(checkpoint_path(location), map_location=torch_device), torch_device)
+
+
+def run_from(checkpoint: Checkpoint, device: torch.device) -> Run:
+    """The :class:`Run` of a checkpoint already read (onto ``device``), as :func:`load_run` makes it."""
+    path = checkpoint.path
     model, guide = _stock_pair(checkpoint)
-    model.to(torch_device).eval()
-    guide.to(torch_device).eval()
+    model.to(device).eval()
+    guide.to(device).eval()
     if checkpoint.preprocessing is None:
         raise ValueError(f"{path} stores no preprocessing; it was not written by 'pyro-vae train'")
     try:
         preprocessor = Preprocessor.from_state_dict(checkpoint.preprocessing)
     except ValueError as error:
         raise ValueError(f"{path}: {error}; {_NOT_FROM_TRAIN}") from None
-    return Run(model, guide, checkpoint, preprocessor, torch_device, path.parent)
+    return Run(model, guide, checkpoint, preprocessor, device, path.parent)

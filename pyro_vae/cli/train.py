@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def _default_hidden(arch: str, data: DataSplits) -> list[int]:
     return [256, 128] if data.train_x[0].numel() <= 256 else [512, 256]
 
 
-def _fingerprint(data: DataSplits) -> str:
+def fingerprint(data: DataSplits) -> str:
     """The digest of the data as read, before preprocessing (which ``--resume`` takes from the
     checkpoint)."""
     return data_fingerprint(data.train_x, data.train_y, data.test_x, data.test_y)
@@ -92,7 +93,7 @@ def _fingerprint(data: DataSplits) -> str:
 def _config(args: argparse.Namespace, data: DataSplits, likelihood: str) -> dict:
     config = {
         "dataset": args.dataset,
-        "data_fingerprint": _fingerprint(data),
+        "data_fingerprint": fingerprint(data),
         "data_dir": None if args.data_dir is None else str(args.data_dir),
         "x_shape": list(data.x_shape),
         "latent_dim": args.latent_dim,
@@ -140,16 +141,17 @@ DEFAULT_PSEUDO_INPUTS = 500
 RESUME_OPTIONS = ("resume", "device", "quiet", "accept_changed_data", "command", "command_name")
 
 
-def _resumed(args: argparse.Namespace) -> tuple[argparse.Namespace, Checkpoint]:
-    """The arguments a run was started with, and its last checkpoint, for ``--resume DIR``."""
+def resumed(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, check: Callable[[dict, Path], None]
+) -> tuple[argparse.Namespace, Checkpoint]:
+    """The arguments a run was started with, and its last checkpoint, for ``--resume DIR``:
+    ``parser`` is the command's own (its defaults fill options newer than the checkpoint),
+    ``check`` refuses a configuration the command did not write."""
     checkpoint = load_checkpoint(checkpoint_path(args.resume))
     if checkpoint.training is None or "arguments" not in checkpoint.config:
         raise ValueError(f"{args.resume} holds no training state to resume from (written by an older pyro-vae?)")
-    check_config(checkpoint.config, checkpoint.path)
-    from pyro_vae.cli import train_parser  # the defaults fill options newer than the checkpoint
-
-    parser = train_parser()
-    _check_stored_arguments(parser, checkpoint)
+    check(checkpoint.config, checkpoint.path)
+    check_stored_arguments(parser, checkpoint)
     defaults = vars(parser.parse_args([]))
     changed = [key for key, value in vars(args).items() if key not in RESUME_OPTIONS and value != defaults[key]]
     if changed:
@@ -164,7 +166,7 @@ def _resumed(args: argparse.Namespace) -> tuple[argparse.Namespace, Checkpoint]:
     return argparse.Namespace(**stored), checkpoint
 
 
-def _check_stored_arguments(parser: argparse.ArgumentParser, checkpoint: Checkpoint) -> None:
+def check_stored_arguments(parser: argparse.ArgumentParser, checkpoint: Checkpoint) -> None:
     """The options stored in the checkpoint pass the checks the command line applies to them."""
     stored = checkpoint.config["arguments"]
     if not isinstance(stored, dict):
@@ -186,10 +188,10 @@ def _check_stored_arguments(parser: argparse.ArgumentParser, checkpoint: Checkpo
             )
 
 
-def _check_same_data(args: argparse.Namespace, checkpoint: Checkpoint, data: DataSplits) -> None:
+def check_same_data(args: argparse.Namespace, checkpoint: Checkpoint, data: DataSplits) -> None:
     """``--resume`` goes on with the data the run started with, unless ``--accept-changed-data``."""
     stored = checkpoint.config.get("data_fingerprint")
-    if stored is None or args.accept_changed_data or stored == _fingerprint(data):
+    if stored is None or args.accept_changed_data or stored == fingerprint(data):
         return
     raise ValueError(
         f"the data of {args.dataset} changed since {checkpoint.path.parent} started (its fingerprint differs); "
@@ -197,7 +199,7 @@ def _check_same_data(args: argparse.Namespace, checkpoint: Checkpoint, data: Dat
     )
 
 
-def _arguments(args: argparse.Namespace) -> dict:
+def stored_arguments(args: argparse.Namespace) -> dict:
     """The command-line arguments as plain data, stored so that ``--resume`` can repeat them."""
     per_call = ("command", "command_name", "resume", "accept_changed_data")
     return {key: value for key, value in vars(args).items() if key not in per_call}
@@ -267,7 +269,12 @@ class TrainingRun:
     def start(cls, args: argparse.Namespace) -> TrainingRun:
         """Resolve the options, load and preprocess the data, build the seeded model and guide and,
         for ``--resume``, load the checkpoint's parameters and training state."""
-        args, checkpoint = _resumed(args) if args.resume else (args, None)
+        if args.resume:
+            from pyro_vae.cli import train_parser  # the command line imports this module
+
+            args, checkpoint = resumed(args, train_parser(), check_config)
+        else:
+            checkpoint = None
         out = _new_out_dir(args) if checkpoint is None else checkpoint.path.parent
         run = cls._build(args, out, _launch(args), checkpoint)
         if checkpoint is not None:
@@ -285,10 +292,10 @@ class TrainingRun:
         if checkpoint is None:
             preprocessor = choose_preprocessor(likelihood, data)
         else:
-            _check_same_data(args, checkpoint, data)
+            check_same_data(args, checkpoint, data)
             preprocessor = Preprocessor.from_state_dict(checkpoint.preprocessing)
         train_x, test_x = preprocessor.transform(data.train_x), preprocessor.transform(data.test_x)
-        config = _config(args, data, likelihood) | {"arguments": _arguments(args)}
+        config = _config(args, data, likelihood) | {"arguments": stored_arguments(args)}
         pool = None
         if config.get("prior") == "vampprior" and checkpoint is not None:  # its count, whatever the data now
             config["pseudo_inputs"] = checkpoint.config["pseudo_inputs"]
