@@ -271,6 +271,7 @@ def _run_commands(run: Path, tmp: Path) -> dict[str, list]:
         "style": ["style", run, "--out", tmp / "st.png"],
         "score": ["score", run, "--num-samples", "2", "--out", tmp / "score"],
         "train --resume": ["train", "--resume", run, "--quiet"],
+        "train-gan --resume": ["train-gan", "--resume", run, "--quiet"],
     }
     for view in ("manifold", "interpolate", "traverse", "scatter"):
         commands[f"latent {view}"] = ["latent", view, run, "--out", tmp / "l.png"]
@@ -285,6 +286,45 @@ def test_every_run_command_names_the_bad_checkpoint(kind, runs, tmp_path, capsys
         assert status == USER_ERROR, f"{command} on {kind}: {err}"
         _assert_clear(status, err, bad.name)
     assert not (tmp_path / "pwned").exists(), "the crafted checkpoint ran code"
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gan-faults") / "gan"
+    argv = ["train-gan", "--epochs", "1", "--hidden", "8,16", "--quiet", "--out", out]
+    assert main([str(part) for part in argv]) == 0
+    return out
+
+
+def _without(key: str) -> Callable[[dict], None]:
+    def edit(payload: dict) -> None:
+        config = json.loads(payload["config"])
+        del config[key]
+        payload["config"] = json.dumps(config)
+
+    return edit
+
+
+BAD_GAN_RUNS: dict[str, Callable[[dict], None]] = {
+    "NaN weights": _nan_weight,
+    "mistyped config": _config_edit(latent_dim="ten"),
+    "unknown discriminator": _config_edit(discriminator="nonsense"),
+    "config of another shape": _config_edit(hidden=[4, 4]),
+    "config of too small an image": _config_edit(x_shape=[1, 2, 2]),
+    "config without a key": _without("num_classes"),
+    "stored option out of range": _stored_option(epochs=-4),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_GAN_RUNS))
+def test_gan_run_commands_name_the_bad_checkpoint(kind, gan_run, tmp_path, capsys):
+    bad = _edited_checkpoint(gan_run, tmp_path, "bad-gan", BAD_GAN_RUNS[kind])
+    commands = {"sample": ["sample", bad, "--out", tmp_path / "s.png"], "resume": ["train-gan", "--resume", bad]}
+    for command, argv in commands.items():
+        if kind == "stored option out of range" and command == "sample":
+            continue  # sample reads no training options
+        status, err = _run(argv, capsys)
+        _assert_clear(status, err, "bad-gan")
 
 
 @pytest.mark.parametrize("option", [{"epochs": -4}, {"hidden": "wide"}, {"likelihood": "nonsense"}])

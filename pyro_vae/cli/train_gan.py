@@ -21,7 +21,7 @@ from pyro_vae import plots
 from pyro_vae.adversarial import GANHistory, GANState, fit_gan
 from pyro_vae.checkpoint import Checkpoint, save_checkpoint
 from pyro_vae.cli.errors import interrupted_status, interruption_name
-from pyro_vae.cli.gan_run import build_gan, check_gan_config
+from pyro_vae.cli.gan_run import build_gan, check_gan_config, load_gan_run
 from pyro_vae.cli.inputs import check_splits
 from pyro_vae.cli.report import gan_class_grid
 from pyro_vae.cli.run_folder import RunLock, check_new_run, check_writable
@@ -84,13 +84,16 @@ def run(args: argparse.Namespace) -> int:
     args, out, checkpoint = _start(args)
     data = load_dataset(args.dataset, args.data_dir, args.download)
     check_splits(data, args.dataset)
-    config = _config(args, data)
-    torch.manual_seed(args.seed)
-    generator, discriminator = build_gan(config)
     resume = None
-    if checkpoint is not None:
+    if checkpoint is None:
+        config = _config(args, data)
+        torch.manual_seed(args.seed)
+        generator, discriminator = build_gan(config)
+    else:  # the networks the checkpoint's config describes, its weights checked against them
         check_same_data(args, checkpoint, data)
-        checkpoint.load_into(generator, discriminator)
+        stored = load_gan_run(checkpoint, torch.device("cpu"))
+        generator, discriminator = stored.generator.train(), stored.discriminator.train()
+        config = checkpoint.config | {"data_fingerprint": fingerprint(data)}
         resume = GANState.from_dict(checkpoint.training)
         print(f"resuming {out} after epoch {resume.epoch} of {args.epochs}")
     device = resolve_device(args.device)
@@ -98,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
         if resume is None:
             check_new_run(out, args.overwrite)
         check_writable(out, [generator, discriminator])
-        kind = "class-conditional DCGAN" if args.conditional else "DCGAN"
+        kind = "DCGAN" if config["num_classes"] is None else "class-conditional DCGAN"
         print(
-            f"training a {kind} ({args.discriminator} discriminator), {args.latent_dim}-d latent, on "
+            f"training a {kind} ({config['discriminator']} discriminator), {config['latent_dim']}-d latent, on "
             f"{len(data.train_x)} {args.dataset} images of shape {tuple(data.x_shape)}, on {device}"
         )
         saved = [resume]
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             _save(out, generator, discriminator, config, state)
             saved[0] = state
 
-        training_data = (data.train_x, data.train_y) if args.conditional else data.train_x
+        training_data = data.train_x if config["num_classes"] is None else (data.train_x, data.train_y)
         try:
             history = fit_gan(
                 generator, discriminator, training_data, epochs=args.epochs, batch_size=args.batch_size,
