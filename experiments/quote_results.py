@@ -111,6 +111,9 @@ EXPERIMENTS: dict[str, Experiment] = {
     "gan_vs_vae": Experiment(
         "gan_vs_vae.py", (), {"results.md": "docs/gan_vs_vae_results.md", "samples.png": "docs/gan_vs_vae_samples.png"}
     ),
+    "gan_vs_vae_selection": Experiment(  # the VAE-GAN's weight, chosen on held-out training images
+        "gan_vs_vae.py", ("--reference", "validation", "--sets", "mnist", "--seeds", "0", "--models", "vaegan")
+    ),
     "bench_pythae": Experiment("bench_pythae.py", (), {"results.md": "docs/bench_pythae_results.md"}),
     "bench_adaptive_k": Experiment(
         "bench_adaptive_k.py", ("--threads", "1"), {"results.md": "docs/bench_adaptive_k_results.md"}

@@ -68,7 +68,7 @@ def test_train_help_documents_every_option_with_its_default():
 
 
 def test_train_writes_the_whole_run(run_dir):
-    expected = set(RUN_FILES) - {"style_transfer.png"}  # a plain VAE's run: no class figures
+    expected = set(RUN_FILES) - {"style_transfer.png", "losses.png"}  # a plain VAE: no class figures, no GAN losses
     assert expected == {path.name for path in run_dir.iterdir()}  # the lock file is gone too
     config = json.loads((run_dir / "config.json").read_text())
     assert config["likelihood"] == "continuous-bernoulli"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.cli.run_folder import RUN_FILES
 from tests.test_cli import pyro_vae
 
 QUICK = ("--epochs", "2", "--batch-size", "64", "--hidden", "8,16", "--quiet")
@@ -28,8 +29,9 @@ def gan_run(tmp_path_factory) -> Path:
 
 
 def test_a_gan_run_holds_its_files_and_samples(gan_run, tmp_path):
-    for name in ("checkpoint.pt", "config.json", "history.csv", "losses.png", "samples.png", "metrics.json"):
-        assert (gan_run / name).is_file(), name
+    written = {"checkpoint.pt", "config.json", "history.csv", "losses.png", "samples.png", "metrics.json"}
+    assert written == {path.name for path in gan_run.iterdir()}  # the lock file is gone too
+    assert written <= set(RUN_FILES)  # so --overwrite guards them
     with open(gan_run / "history.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["epoch"] for row in rows] == ["1", "2"] and float(rows[-1]["discriminator_loss"]) > 0
