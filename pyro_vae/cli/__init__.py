@@ -68,6 +68,25 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _add_run_folder_options(parser: argparse.ArgumentParser, default_out: str, kind: str) -> None:
+    """--out, --overwrite, --resume and --accept-changed-data of a command that writes a run."""
+    parser.add_argument("--out", help=f"run directory (default: {default_out})")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the files of a run already in --out (other files stay)"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help=f"continue the interrupted {kind} in DIR from its last completed epoch, with the options it was "
+        "started with (a checkpoint is written after every epoch); --device and --quiet may change",
+    )
+    parser.add_argument(
+        "--accept-changed-data",
+        action="store_true",
+        help="with --resume: go on although the data differ from those the run started with",
+    )
+
+
 def _add_train(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = commands.add_parser(
         "train",
@@ -181,21 +200,7 @@ def _add_train(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=SEED, default=0, help="seeds the initial weights, minibatches and sampling")
-    parser.add_argument("--out", help="run directory (default: runs/<dataset>)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace the files of a run already in --out (other files stay)"
-    )
-    parser.add_argument(
-        "--resume",
-        metavar="DIR",
-        help="continue the interrupted run in DIR from its last completed epoch, with the options it was started "
-        "with (a checkpoint is written after every epoch); --device and --quiet may change",
-    )
-    parser.add_argument(
-        "--accept-changed-data",
-        action="store_true",
-        help="with --resume: go on although the data differ from those the run started with",
-    )
+    _add_run_folder_options(parser, "runs/<dataset>", "run")
     parser.add_argument(
         "--distributed",
         action="store_true",
@@ -243,25 +248,14 @@ def _add_train_gan(commands: argparse._SubParsersAction) -> argparse.ArgumentPar
     parser.add_argument("--batch-size", type=POSITIVE_INTEGER, default=64, help="minibatch size")
     parser.add_argument("--lr", type=POSITIVE, default=2e-4, help="Adam learning rate of both players (β₁ = 0.5)")
     parser.add_argument(
-        "--label-smoothing", type=FRACTION, default=0.1, help="one-sided: the discriminator's target for data"
+        "--label-smoothing",
+        type=FRACTION,
+        default=0.1,
+        help="one-sided: the discriminator's target for data is 1 minus this",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=SEED, default=0, help="seeds the initial weights, minibatches and draws")
-    parser.add_argument("--out", help="run directory (default: runs/<dataset>-gan)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace the files of a run already in --out (other files stay)"
-    )
-    parser.add_argument(
-        "--resume",
-        metavar="DIR",
-        help="continue the interrupted GAN run in DIR from its last completed epoch, with the options it was "
-        "started with; --device and --quiet may change",
-    )
-    parser.add_argument(
-        "--accept-changed-data",
-        action="store_true",
-        help="with --resume: go on although the data differ from those the run started with",
-    )
+    _add_run_folder_options(parser, "runs/<dataset>-gan", "GAN run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(command=train_gan.run)
     return parser
