@@ -86,7 +86,7 @@ def train_vae(kind: str, train: torch.Tensor, args: argparse.Namespace, seed: in
     if kind == "vaegan":
         torch.manual_seed(seed)
         discriminator = Discriminator(shape, args.gan_hidden, "patch")
-        term = AdversarialTerm(model, guide, discriminator, weight=args.vaegan_weight, compare="draw")
+        term = AdversarialTerm(model, guide, discriminator, weight=args.vaegan_weight, compare=args.vaegan_compare)
         options["extra_loss"] = term  # draws: the discriminator sees binary images on both sides
     pyro_vae.fit(model, guide, train, epochs=args.vae_epochs, **options)
     return model.eval(), guide.eval()
@@ -167,7 +167,7 @@ def run_set(name: str, args: argparse.Namespace) -> tuple[dict, dict, float]:
 
 
 def cell(values: list[float], digits: int = 2) -> str:
-    return f"{np.mean(values):.{digits}f}" + (f" ± {np.std(values):.{digits}f}" if len(values) > 1 else "")
+    return f"{np.mean(values):.{digits}f}" + (f" ± {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "")
 
 
 def plot(grids: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
@@ -202,6 +202,9 @@ def main() -> None:
     parser.add_argument("--gan-latent-dim", type=int, default=32)
     parser.add_argument("--gan-epochs", type=int, default=3)
     parser.add_argument("--vaegan-weight", type=float, default=1.0, help="the VAE-GAN's adversarial weight")
+    parser.add_argument(
+        "--vaegan-compare", choices=("draw", "mean"), default="draw", help="what the VAE-GAN's discriminator sees"
+    )
     parser.add_argument("--classifier-epochs", type=int, default=3)
     parser.add_argument(
         "--samples", type=int, default=5000, help="samples per model (and test images as the reference)"
@@ -239,7 +242,8 @@ def report(tables: dict, accuracies: dict, args: argparse.Namespace, minutes: fl
         f"{reference} images "
         + ", ".join(f"{SETS[name]} {accuracies[name]:.3f}" for name in tables)
         + f"). {args.samples} samples per model against as many {reference} images; VAEs {args.vae_epochs} "
-        f"epochs, GANs {args.gan_epochs} epochs, VAE-GAN weight {args.vaegan_weight:g}; seeds "
+        f"epochs, GANs {args.gan_epochs} epochs, VAE-GAN weight {args.vaegan_weight:g} (its discriminator shown "
+        f"{args.vaegan_compare}s of p(x | z)); seeds "
         f"{', '.join(map(str, args.seeds))} (mean ± sd). FD: Fréchet distance "
         "(lower is better); classes: classes the classifier assigns to any sample; TV: total-variation distance of "
         f"the assigned classes to uniform (0: all classes alike); NLL: {reference} -log p(x), K = {args.num_samples}, "
@@ -259,7 +263,11 @@ def report(tables: dict, accuracies: dict, args: argparse.Namespace, minutes: fl
                 f"{cell(values['minutes'], 1)} |"
             )
             prefix = f"{name.split('-')[0]}_{kind}"
-            summary += [f"{prefix}_fd={np.mean(values['fd']):.2f}", f"{prefix}_recall={np.mean(values['recall']):.3f}"]
+            summary += [f"{prefix}_{key}={np.mean(values[key]):.3f}" for key in ("fd", "precision", "recall")]
+            summary.append(f"{prefix}_minutes={np.mean(values['minutes']):.3f}")
+            summary.append(f"{prefix}_fd_sd={np.std(values['fd'], ddof=1) if len(runs) > 1 else 0.0:.3f}")
+            if "nll" in values:
+                summary.append(f"{prefix}_nll={np.mean(values['nll']):.3f}")
             if "class_match" in values:
                 summary.append(f"{prefix}_class_match={np.mean(values['class_match']):.3f}")
     done = ", ".join(SETS[name] for name in tables)
