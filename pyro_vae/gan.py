@@ -116,11 +116,12 @@ class Discriminator(nn.Module):
         extra = 0 if self.labels is None else self.labels.dim
         if arch == "mlp":
             self.body = MLP(math.prod(x_shape) + extra, hidden, 1, "leaky_relu")
-        elif arch == "dcgan":
-            _halved(min(x_shape[1:]), len(hidden), round_up=False)  # a clear error for images too small
-            self.body = ConvEncoder((x_shape[0] + extra, *x_shape[1:]), hidden, 1, "leaky_relu")
         else:
-            self.body = PatchLogits(x_shape[0] + extra, hidden)
+            _halved(min(x_shape[1:]), len(hidden), round_up=False)  # a clear error for images too small
+            if arch == "dcgan":
+                self.body = ConvEncoder((x_shape[0] + extra, *x_shape[1:]), hidden, 1, "leaky_relu")
+            else:
+                self.body = PatchLogits(x_shape[0] + extra, hidden)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if (y is None) != (self.labels is None):

@@ -622,8 +622,9 @@ def fit(
         loss per datum (as -ELBO / N is); the gradient of ``N * extra_loss(x, y)`` for the pair's
         parameters is added to the ELBO's, and any other tensor it reaches is left to its owner
         (e.g. :class:`~pyro_vae.vae_gan.AdversarialTerm`, which steps its discriminator itself).
-        The history, the validation ELBO and every score stay the ELBO's. Not with ``capture``
-        (the recorded step is the ELBO's alone) nor ``distributed``.
+        The history, the validation ELBO and every score stay the ELBO's; a rollback restores the
+        pair, not the term's own state. Not with ``capture`` (the recorded step is the ELBO's
+        alone) nor ``distributed``.
     """
     options = _Options(**{name: value for name, value in locals().items() if name in _Options.__dataclass_fields__})
     options.check()

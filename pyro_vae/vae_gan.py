@@ -20,9 +20,10 @@ and gains the generator's half of a GAN game played against a discriminator (a P
    ELBO's for the pair's parameters only (the discriminator is never stepped by ``fit``).
 
 Both means are differentiable in the pair's parameters (the guide's draw is reparameterized), so
-the adversarial gradient reaches the decoder through both and the encoder through ``x̃``, as in
-Larsen et al.'s Algorithm 1; unlike their model, the pixel likelihood stays, so the ELBO and
-log p(x) remain those of the VAE. The discriminator's losses are kept per step
+the adversarial gradient reaches the decoder through both and the encoder through ``x̃``. This
+departs from Larsen et al.'s Algorithm 1, which keeps the GAN loss from the encoder: ``fit`` adds
+one loss for all of the pair's parameters. Unlike their model, the pixel likelihood stays, so the
+ELBO and log p(x) remain those of the VAE. The discriminator's losses are kept per step
 (:attr:`AdversarialTerm.discriminator_losses`, :attr:`~AdversarialTerm.generator_losses`); its
 parameters and optimizer state are the caller's to save (``state_dict``).
 """

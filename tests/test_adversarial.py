@@ -69,6 +69,9 @@ def test_dcgan_and_patchgan_shapes_and_the_generators_range():
     assert Discriminator((1, 28, 28), [32, 64], "patch")(images).shape == (6, 1, 7, 7)  # one logit per patch
     colour = Discriminator((3, 16, 16), [16, 32], "patch", num_classes=10)
     assert colour(torch.rand(2, 3, 16, 16), torch.tensor([1, 7])).shape == (2, 1, 4, 4)
+    for arch in ("dcgan", "patch"):  # four halvings leave nothing of an 8x8 image: named, not a conv error
+        with pytest.raises(ValueError, match="too small"):
+            Discriminator((1, 8, 8), [8, 16, 32, 64], arch)
 
 
 def test_a_seeded_fit_is_reproducible_and_mismatched_inputs_are_named():
