@@ -78,11 +78,13 @@ class Generator(nn.Module):
 
 class PatchLogits(nn.Module):
     """PatchGAN's body: stride-2 convolutions with leaky ReLUs, then a 3x3 convolution to one
-    logit per patch (no pooling, no linear layer)."""
+    logit per patch (no pooling, no linear layer); ``in_shape`` is ``(channels, height, width)``."""
 
-    def __init__(self, in_channels: int, hidden: Sequence[int]) -> None:
+    def __init__(self, in_shape: Sequence[int], hidden: Sequence[int]) -> None:
         super().__init__()
-        channels = [in_channels, *hidden]
+        for size in in_shape[1:]:
+            _halved(size, len(hidden), round_up=False)  # a clear error for images too small
+        channels = [in_shape[0], *hidden]
         layers: list[nn.Module] = []
         for c_in, c_out in pairwise(channels):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), _activation("leaky_relu")]
@@ -116,12 +118,10 @@ class Discriminator(nn.Module):
         extra = 0 if self.labels is None else self.labels.dim
         if arch == "mlp":
             self.body = MLP(math.prod(x_shape) + extra, hidden, 1, "leaky_relu")
+        elif arch == "dcgan":
+            self.body = ConvEncoder((x_shape[0] + extra, *x_shape[1:]), hidden, 1, "leaky_relu")
         else:
-            _halved(min(x_shape[1:]), len(hidden), round_up=False)  # a clear error for images too small
-            if arch == "dcgan":
-                self.body = ConvEncoder((x_shape[0] + extra, *x_shape[1:]), hidden, 1, "leaky_relu")
-            else:
-                self.body = PatchLogits(x_shape[0] + extra, hidden)
+            self.body = PatchLogits((x_shape[0] + extra, *x_shape[1:]), hidden)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if (y is None) != (self.labels is None):
