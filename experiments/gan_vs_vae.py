@@ -87,7 +87,7 @@ def train_vae(kind: str, train: torch.Tensor, args: argparse.Namespace, seed: in
         torch.manual_seed(seed)
         discriminator = Discriminator(shape, args.gan_hidden, "patch")
         term = AdversarialTerm(model, guide, discriminator, weight=args.vaegan_weight, compare=args.vaegan_compare)
-        options["extra_loss"] = term  # draws: the discriminator sees binary images on both sides
+        options["extra_loss"] = term  # with draws the discriminator sees binary images on both sides
     pyro_vae.fit(model, guide, train, epochs=args.vae_epochs, **options)
     return model.eval(), guide.eval()
 
@@ -166,8 +166,13 @@ def run_set(name: str, args: argparse.Namespace) -> tuple[dict, dict, float]:
     return results, {"data": test[:10], **grids}, accuracy
 
 
+def spread(values: list[float]) -> float:
+    """The sample standard deviation over seeds (0 for one seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def cell(values: list[float], digits: int = 2) -> str:
-    return f"{np.mean(values):.{digits}f}" + (f" ± {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "")
+    return f"{np.mean(values):.{digits}f}" + (f" ± {spread(values):.{digits}f}" if len(values) > 1 else "")
 
 
 def plot(grids: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
@@ -265,7 +270,7 @@ def report(tables: dict, accuracies: dict, args: argparse.Namespace, minutes: fl
             prefix = f"{name.split('-')[0]}_{kind}"
             summary += [f"{prefix}_{key}={np.mean(values[key]):.3f}" for key in ("fd", "precision", "recall")]
             summary.append(f"{prefix}_minutes={np.mean(values['minutes']):.3f}")
-            summary.append(f"{prefix}_fd_sd={np.std(values['fd'], ddof=1) if len(runs) > 1 else 0.0:.3f}")
+            summary.append(f"{prefix}_fd_sd={spread(values['fd']):.3f}")
             if "nll" in values:
                 summary.append(f"{prefix}_nll={np.mean(values['nll']):.3f}")
             if "class_match" in values:
