@@ -17,7 +17,11 @@ The statistics of an image x here (:func:`image_statistics`), from one set of im
 - the rate, the Monte Carlo KL(q(z | x) || p(z)) (:class:`~pyro_vae.scoring.WeightTerms`): how
   far the guide has to move from the prior to explain x;
 - the input complexity L(x), the PNG length in nats (Serrà et al. 2020), which says how much of
-  log p(x) any model would give x.
+  log p(x) any model would give x;
+- the tail, the sum of the lowest 2 % of the pixels' log p(x_i | z) (Monte Carlo mean over the
+  guide's draws; :class:`~pyro_vae.scoring.WeightTerms`): how badly the worst-explained part of x
+  fits. A novel image often differs from normal ones in a few places (a stroke thicker than any in
+  training, a shape the decoder cannot draw) that a sum over all pixels averages away.
 
 :class:`TypicalityTest` standardizes the statistics of held-out images of the training
 distribution (images the model was not fitted to: it gives its own training images more
@@ -41,7 +45,7 @@ from pyro_vae.convention import Convention
 from pyro_vae.ood import compressed_bits
 from pyro_vae.scoring import log_weight_terms, particle_logsumexp
 
-STATISTICS = ("log_likelihood", "rate", "complexity")
+STATISTICS = ("log_likelihood", "rate", "complexity", "tail")
 NOISE_SEED = 0  # every image gets the same importance-sampling draws, so its score is its own
 
 
@@ -56,14 +60,19 @@ def image_statistics(
     progress: bool | None = False,
 ) -> np.ndarray:
     """The :data:`STATISTICS` of every image of ``x`` (``[N, channels, height, width]``, in
-    [0, 1]), in nats, shaped ``[N, 3]``, from ``num_samples`` importance weights per image."""
+    [0, 1]), in nats, shaped ``[N, 4]``, from ``num_samples`` importance weights per image."""
     if x.dim() != 4:
         raise ValueError(f"the typicality test takes images shaped [N, channels, height, width], got {tuple(x.shape)}")
     terms = log_weight_terms(
         model, guide, x, y, num_samples, progress=progress, convention=convention, common_noise=NOISE_SEED
     )
     log_px = particle_logsumexp(terms.observed + terms.latent - terms.guide) - math.log(num_samples)
-    statistics = [log_px.double().cpu().numpy(), terms.rate.double().cpu().numpy(), math.log(2) * compressed_bits(x)]
+    statistics = [
+        log_px.double().cpu().numpy(),
+        terms.rate.double().cpu().numpy(),
+        math.log(2) * compressed_bits(x),
+        terms.tail.double().cpu().numpy(),
+    ]
     return np.stack(statistics, axis=1)
 
 
@@ -133,7 +142,7 @@ class TypicalityTest:
         return self
 
     def score_statistics(self, statistics: np.ndarray) -> np.ndarray:
-        """The log-density of ``statistics`` (``[N, 3]``, from :meth:`statistics`) under the
+        """The log-density of ``statistics`` (``[N, 4]``, from :meth:`statistics`) under the
         fitted mixture: higher is more typical."""
         return mixture_log_density(self.mixture_, (statistics - self.location_) / self.scale_)
 

@@ -141,8 +141,8 @@ def test_image_ood_tabulates_every_pair_of_the_three_sets(tmp_path):
     values = summary(
         "image_ood.py",
         *("--data-root", str(data), "--out", str(tmp_path), "--hidden", "16", "--latent-dim", "2"),
-        *("--epochs", "1", "--min-steps", "1", "--held-out", "60", "--test-size", "40", "--num-samples", "3"),
-        *("--regret-steps", "1"),
+        *("--epochs", "1", "--min-steps", "1", "--held-out", "0.02", "--test-size", "40", "--num-samples", "3"),
+        *("--reference-size", "60", "--regret-steps", "1"),
     )
     pairs = [f"typicality_{a}_{b}" for a in ("mnist", "fashion", "omniglot") for b in ("mnist", "fashion", "omniglot")]
     assert {key for key in pairs if key.split("_")[1] != key.split("_")[2]} <= values.keys()

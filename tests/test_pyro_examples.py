@@ -10,6 +10,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -22,6 +23,7 @@ from pyro_vae.guides import AmortizedNormal
 from pyro_vae.latent import decode, encode, reconstruct
 from pyro_vae.models import VAE
 from pyro_vae.scoring import adaptive_log_likelihood
+from pyro_vae.typicality import STATISTICS, TypicalityTest
 
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "pyro-examples"
 pytestmark = pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/pyro-examples is not beside the project")
@@ -273,3 +275,23 @@ def test_the_captured_step_trains_the_tutorial_vae_as_the_eager_step_does(exampl
     assert len(replays) == 3 * 4 - 2 * 2
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(value, runs[1][1][name]) for name, value in runs[0][1].items())
+
+
+def test_the_typicality_test_takes_the_tutorial_vae_as_written(examples):
+    """Pyro's VAE flattens the images itself and observes "obs" as Bernoulli(validate_args=False):
+    the test's statistics (its tail over the 784 values of that site included) work through it,
+    a score is a row's own, and noise scores below the held-out images."""
+    vae_module, _ = examples
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = vae_module.VAE(z_dim=4, hidden_dim=32)
+    images = grey_images(400, seed=5).reshape(-1, 1, 28, 28)
+    pyro_vae.fit(vae.model, vae.guide, images[:300], epochs=3, batch_size=50, seed=0, progress=False)
+    test = TypicalityTest(vae.model, vae.guide, num_samples=8).fit(images[300:])
+    statistics = test.statistics(images[:20])
+    assert statistics.shape == (20, len(STATISTICS)) and np.isfinite(statistics).all()
+    assert (statistics[:, STATISTICS.index("tail")] < 0).all(), "Bernoulli log-probabilities are negative"
+    scores = test.score(images[:20])
+    assert np.array_equal(test.score(images[4:5]), scores[4:5])
+    noise = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert np.median(test.score(noise)) < np.quantile(test.reference_, 0.01)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -11,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.models import VAE
-from pyro_vae.scoring import log_weight_terms, log_weights
+from pyro_vae.scoring import TAIL_FRACTION, log_weight_terms, log_weights
 from pyro_vae.typicality import STATISTICS, TypicalityTest, image_statistics, mixture_log_density
 
 PRIOR_SCALE, NOISE = 2.0, 0.5
@@ -53,6 +55,54 @@ def test_each_term_is_its_own_site():
     assert torch.equal(terms.guide, torch.full((3, 5), 2 * 1.25, dtype=x.dtype))  # 1.25 for each of 2 dims
 
 
+def test_the_tail_sums_the_worst_fitting_values():
+    """With a point-mass guide the tail is the sum of the lowest per-value densities, known exactly."""
+
+    def point_guide(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            pyro.sample("z", dist.Delta(0.5 * x, event_dim=1))
+
+    def wide_model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(8, dtype=x.dtype), PRIOR_SCALE).to_event(1))
+            pyro.sample("x", dist.Normal(z, NOISE).to_event(1), obs=x)
+
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    per_value = dist.Normal(0.5 * x, NOISE).log_prob(x)
+    lowest_two = per_value.sort(-1).values[:, :2].sum(-1)
+    for fraction, expected in ((0.25, lowest_two), (0.01, per_value.min(-1).values), (1.0, per_value.sum(-1))):
+        terms = log_weight_terms(wide_model, point_guide, x, num_samples=3, tail_fraction=fraction)
+        assert terms.observed_tail.shape == (3, 6)
+        assert torch.allclose(terms.tail, expected), fraction
+    x[2, 5] = 50.0  # one badly fitting value: the tail is that value
+    assert log_weight_terms(wide_model, point_guide, x, tail_fraction=0.125).tail[2] < -1000
+
+
+def test_values_a_mask_hides_count_nothing_in_the_tail():
+    def masked_model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), PRIOR_SCALE).to_event(1))
+            with pyro.poutine.mask(mask=torch.arange(len(x)) % 2 == 0):
+                pyro.sample("x", dist.Normal(z, NOISE).to_event(1), obs=x)
+
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    tail = log_weight_terms(masked_model, guide, x, num_samples=4, tail_fraction=0.5).tail
+    assert torch.equal(tail[1::2], torch.zeros(3, dtype=x.dtype)) and (tail[::2] != 0).all()
+
+
+def test_a_tail_needs_independent_values():
+    def joint_model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), PRIOR_SCALE).to_event(1))
+            pyro.sample("x", dist.MultivariateNormal(z, NOISE**2 * torch.eye(2, dtype=x.dtype)), obs=x)
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"observed site 'x' has a MultivariateNormal.*independent values"):
+        log_weight_terms(joint_model, guide, x)
+    with pytest.raises(ValueError, match="tail_fraction must be in"):
+        log_weight_terms(model, guide, x, tail_fraction=0.0)
+
+
 def test_the_rate_is_the_kl_divergence_of_guide_and_prior():
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     pyro.set_rng_seed(0)
@@ -70,13 +120,18 @@ def fitted(digits):
     return vae, encoder, TypicalityTest(vae, encoder, num_samples=8).fit(digits.train_x[:300])
 
 
-def test_statistics_are_log_likelihood_rate_and_complexity(fitted, digits):
+def test_statistics_are_log_likelihood_rate_complexity_and_tail(fitted, digits):
     vae, encoder, _ = fitted
     x = digits.test_x[:20]
     statistics = image_statistics(vae, encoder, x, num_samples=8)
     assert statistics.shape == (20, len(STATISTICS)) and np.isfinite(statistics).all()
     assert (statistics[:, 1] > 0).all(), "a KL divergence estimate of a Normal guide against a Normal prior"
     assert (statistics[:, 2] > 0).all(), "a PNG length"
+    terms = log_weight_terms(vae, encoder, x, num_samples=8, common_noise=0)
+    assert np.array_equal(statistics[:, 3], terms.tail.double().numpy())
+    pixels = x[0].numel()
+    worst = math.ceil(TAIL_FRACTION * pixels)  # the lowest values, so their mean is at most the mean of all
+    assert (statistics[:, 3] <= terms.observed.mean(0).double().numpy() * worst / pixels + 1e-9).all()
 
 
 def test_scores_are_two_sided(fitted, digits):

@@ -417,10 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--correction",
         default="auto",
         choices=["auto", "none", "typicality", "complexity", "regret"],
-        help="runs: what ranks the data. typicality: the typicality test of log p(x), rate and PNG length against "
-        "the run's held-out images (pyro_vae.typicality); none: log p(x); complexity: log p(x) + PNG length (Serrà "
-        "et al. 2020); regret: minus the likelihood regret (Xiao et al. 2020). auto: typicality for images, none "
-        "otherwise",
+        help="runs: what ranks the data. typicality: the typicality test of log p(x), rate, PNG length and tail "
+        "against the run's held-out images (pyro_vae.typicality); none: log p(x); complexity: log p(x) + PNG length "
+        "(Serrà et al. 2020); regret: minus the likelihood regret (Xiao et al. 2020). auto: typicality for images, "
+        "none otherwise",
     )
     score.add_argument("--netcdf", action="store_true", help="also write STEM.nc, an ArviZ InferenceData file")
     score.add_argument("--out", help="folder for the report (default: the run or detector directory)")
