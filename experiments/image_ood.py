@@ -72,6 +72,14 @@ def _subset(x: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     return x if size >= len(x) else x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:size]]
 
 
+def open_fraction(text: str) -> float:
+    """``--held-out``: a fraction strictly between 0 and 1 (the typicality test needs held-out images)."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a fraction in (0, 1) is needed, got {text}")
+    return value
+
+
 def generic_sets(test: torch.Tensor, size: int, seed: int) -> dict[str, torch.Tensor]:
     """Novel images that every image model should reject, shaped like ``test``."""
     generator = torch.Generator().manual_seed(seed)
@@ -162,7 +170,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--min-steps", type=int, default=3600, help="train small sets for at least this many steps")
     parser.add_argument(
-        "--held-out", type=float, default=0.1, help="fraction of each training set held out (train's --validation)"
+        "--held-out", type=open_fraction, default=0.1, help="fraction of the training set held out, as --validation"
     )
     parser.add_argument(
         "--reference-size", type=int, default=1000, help="held-out images the typicality test is fitted to (at most)"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import Independent, TransformedDistribution
 
 from pyro_vae.program import data_frame
@@ -68,8 +69,8 @@ class CommonNoise(Messenger):
         self.generator = generator
 
     def _pyro_sample(self, msg: dict) -> None:
-        if msg["is_observed"] or msg["value"] is not None:
-            return
+        if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
+            return  # an inner plate's subsample site draws indices, not noise
         frame = data_frame(msg, self.data_plate)
         if frame is None:
             return

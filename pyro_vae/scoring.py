@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
@@ -61,7 +62,13 @@ CPU_CHUNK_BYTES = 32 << 20  # glibc's largest mmap threshold: bigger blocks are 
 FIXED_SAMPLES = 1000  # log_likelihood's K
 ADAPTIVE_FIRST_SAMPLES, ADAPTIVE_MAX_SAMPLES = 100, 5000  # with a tolerance: the first round's K, and the most
 OBSERVED, LATENT, GUIDE, OBSERVED_TAIL = range(4)  # the terms of a log weight, and the tail (WeightTerms)
-TAIL_FRACTION = 0.02  # the share of an observed site's values that make its tail (log_weight_terms)
+TAIL_FRACTION = 0.02  # the share of the observed data's values that make its tail (log_weight_terms)
+#: the wrappers a factorizing observed distribution may wear (.to_event, .expand, .mask)
+FACTORIZING_WRAPPERS = (
+    torch.distributions.Independent,
+    dist.torch_distribution.ExpandedDistribution,
+    dist.MaskedDistribution,
+)
 INSPECTED_ROWS = 128  # the rows a scoring call traces to inspect the pair
 PARTICLE_PLATE = "_num_particles_vectorized"
 
@@ -75,23 +82,33 @@ def per_datum(log_prob: torch.Tensor, particle_dim: int, data_dim: int, shape: t
     return log_prob.reshape(log_prob.shape[particle_dim], log_prob.shape[data_dim]).expand(shape)
 
 
+class TailError(ValueError):
+    """An observed distribution that does not factorize over its values, so it has no tail."""
+
+
 def value_log_densities(site: dict, particle_dim: int, data_dim: int, shape: tuple[int, int]) -> torch.Tensor:
     """The log-density of each value of an observed site, ``[particles, N, values]``: its
-    distribution's ``Independent`` wrappers (and expansions, masks) taken off down to a univariate
-    one; values a mask hides count 0, as in the site's total."""
+    distribution's ``Independent``, expansion and mask wrappers taken off down to a univariate one.
+    Values a mask hides are ``+inf``, never among the lowest (:func:`lowest_sum` counts them 0)."""
     fn, event_dims = site["fn"], len(site["fn"].event_shape)
-    while fn.event_shape and hasattr(fn, "base_dist"):
+    hidden = torch.zeros((), dtype=torch.bool)
+    if isinstance(site["mask"], torch.Tensor):
+        hidden = ~site["mask"].reshape(site["mask"].shape + (1,) * event_dims)
+    elif site["mask"] is False:
+        hidden = torch.ones((), dtype=torch.bool)
+    while isinstance(fn, FACTORIZING_WRAPPERS):
+        if isinstance(fn, dist.MaskedDistribution) and isinstance(fn._mask, torch.Tensor):
+            hidden = hidden | ~fn._mask.reshape(fn._mask.shape + (1,) * len(fn.event_shape))
+        elif isinstance(fn, dist.MaskedDistribution) and fn._mask is False:
+            hidden = torch.ones((), dtype=torch.bool)
         fn = fn.base_dist
     if fn.event_shape:
-        raise ValueError(
+        raise TailError(
             f"observed site {site['name']!r} has a {type(fn).__name__} over values shaped {tuple(fn.event_shape)}: "
             "its tail needs a distribution of independent values (a univariate one made .to_event(...))"
         )
     log_prob = fn.log_prob(site["value"])
-    mask = site["mask"]
-    if isinstance(mask, torch.Tensor):
-        mask = mask.reshape(mask.shape + (1,) * event_dims)
-    log_prob = scale_and_mask(log_prob, mask=mask)
+    log_prob = torch.where(hidden.to(log_prob.device), math.inf, log_prob)  # broadcast either way
     log_prob = log_prob.reshape((1,) * max(0, event_dims - particle_dim - log_prob.dim()) + log_prob.shape)
     batch = log_prob.dim() - event_dims
     particle, data = batch + particle_dim, batch + data_dim
@@ -101,9 +118,11 @@ def value_log_densities(site: dict, particle_dim: int, data_dim: int, shape: tup
 
 
 def lowest_sum(values: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The sum of the lowest ``fraction`` (at least one) of the last dimension of ``values``."""
+    """The sum of the lowest ``fraction`` (at least one) of the last dimension of ``values``, in
+    ascending order; a ``+inf`` (a hidden value) among them counts 0."""
     count = max(1, math.ceil(fraction * values.shape[-1] - 1e-9))
-    return values.sort(dim=-1).values[..., :count].sum(-1)
+    lowest = values.topk(count, dim=-1, largest=False, sorted=True).values
+    return lowest.masked_fill(lowest == math.inf, 0.0).sum(-1)
 
 
 def _padded(rows: torch.Tensor, size: int) -> torch.Tensor:
@@ -137,6 +156,7 @@ class _Scorer:
 
     def __init__(self, inspection: Inspection) -> None:
         self.data_plate = inspection.convention.data_plate
+        self.observed_site = inspection.observed_site
         self.particle_dim = -inspection.plate_nesting - 1
         self.vectorized = True
         model, guide = inspection.model, inspection.guide
@@ -151,12 +171,13 @@ class _Scorer:
         y: torch.Tensor | None,
         num_particles: int,
         noise: list[int] | None = None,
+        terms: bool = False,
         tail_fraction: float | None = None,
     ) -> torch.Tensor:
         """log p(x, z_k) - log q(z_k | x) of ``num_particles`` draws per datum, ``[particles, N]``;
         with ``noise`` (a seed), the draws are common to all data (:mod:`pyro_vae.common_noise`).
-        With a ``tail_fraction``, its three terms apart and the observed sites' tail, ``[4, particles, N]``
-        (see :class:`WeightTerms`)."""
+        With ``terms``, its three terms apart and the observed data's tail (zero without a
+        ``tail_fraction``), ``[4, particles, N]`` (see :class:`WeightTerms`)."""
         if self.vectorized:
             devices = [x.device] if x.device.type == "cuda" else []
             before = torch.get_rng_state(), [torch.cuda.get_rng_state(device) for device in devices]
@@ -167,9 +188,9 @@ class _Scorer:
                     pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim),
                 ):
                     pair = traces(self.model, self.guide, x, y)
-                return self._sum(*pair, x, num_particles, tail_fraction, check_shapes=True)
+                return self._sum(*pair, x, num_particles, terms, tail_fraction, check_shapes=True)
             except (RuntimeError, ValueError, IndexError, TypeError) as error:  # no particle dimension
-                if isinstance(error, CommonNoiseError):
+                if isinstance(error, (CommonNoiseError, TailError)):
                     raise
                 self.vectorized = False
                 torch.set_rng_state(before[0])  # the failed attempt's draws are not spent
@@ -179,7 +200,7 @@ class _Scorer:
             log_w = []
             for particle in range(num_particles):
                 with self._noise(None if noise is None else [*noise, particle]):
-                    log_w.append(self._sum(*traces(self.model, self.guide, x, y), x, 1, tail_fraction))
+                    log_w.append(self._sum(*traces(self.model, self.guide, x, y), x, 1, terms, tail_fraction))
             return torch.cat(log_w, dim=-2)
 
     def _noise(self, seed: list[int] | None):
@@ -195,12 +216,13 @@ class _Scorer:
         guide_trace,
         x: torch.Tensor,
         particles: int,
+        terms: bool,
         tail_fraction: float | None,
         check_shapes: bool = False,
     ) -> torch.Tensor:
         """The per-datum log-densities of the two traces: ``[4, particles, N]`` (observed, model
-        latent and guide sites, and the observed sites' tail, :class:`WeightTerms`) with a
-        ``tail_fraction``, else the log weight."""
+        latent and guide sites, and the observed data's tail, :class:`WeightTerms`) with
+        ``terms``, else the log weight."""
         shape = (particles, x.shape[0])
         sums = torch.zeros((4, *shape), dtype=x.dtype, device=x.device)
         for trace, is_guide in ((model_trace, False), (guide_trace, True)):
@@ -218,10 +240,10 @@ class _Scorer:
                 log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
                 term = GUIDE if is_guide else OBSERVED if site["is_observed"] else LATENT
                 sums[term] += per_datum(log_prob, self.particle_dim, frame.dim, shape)
-                if term == OBSERVED and tail_fraction is not None:
+                if tail_fraction is not None and site["name"] == self.observed_site and not is_guide:
                     values = value_log_densities(site, self.particle_dim, frame.dim, shape)
                     sums[OBSERVED_TAIL] += lowest_sum(values, tail_fraction)
-        return sums if tail_fraction is not None else sums[OBSERVED] + sums[LATENT] - sums[GUIDE]
+        return sums if terms else sums[OBSERVED] + sums[LATENT] - sums[GUIDE]
 
 
 def iter_log_weights(
@@ -294,10 +316,11 @@ def _chunks(
     max_batch: int,
     progress: bool | None,
     common_noise: int | None,
+    terms: bool = False,
     tail_fraction: float | None = None,
     first_particle: int = 0,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """The chunks of :func:`iter_log_weights` (with a ``tail_fraction``, of :func:`log_weight_terms`), for a
+    """The chunks of :func:`iter_log_weights` (with ``terms``, of :func:`log_weight_terms`), for a
     pair already checked and inspected; with common noise, the particles are numbered from
     ``first_particle`` (later rounds of :func:`adaptive_log_likelihood` get fresh draws)."""
     particles_per_chunk, rows_per_chunk = chunk_shape(x, num_samples, max_batch)
@@ -318,7 +341,7 @@ def _chunks(
                 # torch's argument checks (a third of the time), the support already checked on all x.
                 checks = contextlib.nullcontext() if start == 0 and done == 0 else pyro.validation_enabled(False)
                 with checks:
-                    log_w = scorer.log_weights(x_rows, y_rows, count, noise, tail_fraction)
+                    log_w = scorer.log_weights(x_rows, y_rows, count, noise, terms, tail_fraction)
                 yield rows, log_w[..., : rows.stop - rows.start]
             bar.update(rows.stop - rows.start)
 
@@ -344,14 +367,15 @@ def log_weights(
 
 class WeightTerms(NamedTuple):
     """The three terms of the log importance weights, each ``[num_samples, N]``:
-    ``log_w = observed + latent - guide``; and the observed sites' tail."""
+    ``log_w = observed + latent - guide``; and the observed data's tail, if asked for."""
 
     observed: torch.Tensor  #: log p(x | z_k): the model's observed sites
     latent: torch.Tensor  #: log p(z_k): the model's latent sites
     guide: torch.Tensor  #: log q(z_k | x): the guide's sites
-    #: the sum of the lowest ``tail_fraction`` of the log p(x_i | z_k) of the observed values x_i
-    #: (the pixels of an image): how badly the worst-explained part of x fits
-    observed_tail: torch.Tensor
+    #: the sum of the lowest ``tail_fraction`` of the log p(x_i | z_k) of the values x_i of the
+    #: observed data (the pixels of an image): how badly the worst-explained part of x fits; None
+    #: when no tail was asked for
+    observed_tail: torch.Tensor | None = None
 
     @property
     def rate(self) -> torch.Tensor:
@@ -361,6 +385,8 @@ class WeightTerms(NamedTuple):
     @property
     def tail(self) -> torch.Tensor:
         """The Monte Carlo mean of the observed tail of every datum, ``[N]``."""
+        if self.observed_tail is None:
+            raise ValueError("these terms have no tail: pass log_weight_terms a tail_fraction")
         return _by_datum(self.observed_tail).mean(1)
 
 
@@ -375,20 +401,21 @@ def log_weight_terms(
     *,
     convention: Convention | None = None,
     common_noise: int | None = None,
-    tail_fraction: float = TAIL_FRACTION,
+    tail_fraction: float | None = None,
 ) -> WeightTerms:
     """:func:`log_weights` split into the model's observed and latent sites and the guide's
     (the distortion and rate of the ELBO come from them; Alemi et al. 2018, "Fixing a broken
-    ELBO"), with the observed sites' tail: the sum of the lowest ``tail_fraction`` of their values'
-    log-densities (at least one value per site); otherwise the same arguments. Sites outside the
-    data plate enter none of them, as in every score here. The tail needs an observed distribution
-    that factorizes over its values (an ``Independent`` of a univariate one, as ``.to_event``
-    makes)."""
-    if not 0 < tail_fraction <= 1:
+    ELBO"); otherwise the same arguments. Sites outside the data plate enter none of them, as in
+    every score here. With a ``tail_fraction`` (:data:`TAIL_FRACTION` in the typicality test), also
+    the observed data's tail: the sum of the lowest ``tail_fraction`` (at least one) of the
+    log-densities of its values, which needs a distribution that factorizes over them (a
+    univariate one made ``.to_event``, ``.expand``-ed or ``.mask``-ed)."""
+    if tail_fraction is not None and not 0 < tail_fraction <= 1:
         raise ValueError(f"tail_fraction must be in (0, 1], got {tail_fraction}")
     scorer = _checked_scorer(model, guide, x, y, num_samples, convention)
-    chunks = _chunks(scorer, x, y, num_samples, max_batch, progress, common_noise, tail_fraction=tail_fraction)
-    return WeightTerms(*_collected(chunks))
+    chunks = _chunks(scorer, x, y, num_samples, max_batch, progress, common_noise, True, tail_fraction)
+    observed, latent, guide_term, tail = _collected(chunks)
+    return WeightTerms(observed, latent, guide_term, None if tail_fraction is None else tail)
 
 
 def _collected(chunks: Iterator[tuple[slice, torch.Tensor]]) -> torch.Tensor:

@@ -43,7 +43,7 @@ from sklearn.mixture import GaussianMixture
 
 from pyro_vae.convention import Convention
 from pyro_vae.ood import compressed_bits
-from pyro_vae.scoring import log_weight_terms, particle_logsumexp
+from pyro_vae.scoring import TAIL_FRACTION, log_weight_terms, particle_logsumexp
 
 STATISTICS = ("log_likelihood", "rate", "complexity", "tail")
 NOISE_SEED = 0  # every image gets the same importance-sampling draws, so its score is its own
@@ -64,7 +64,15 @@ def image_statistics(
     if x.dim() != 4:
         raise ValueError(f"the typicality test takes images shaped [N, channels, height, width], got {tuple(x.shape)}")
     terms = log_weight_terms(
-        model, guide, x, y, num_samples, progress=progress, convention=convention, common_noise=NOISE_SEED
+        model,
+        guide,
+        x,
+        y,
+        num_samples,
+        progress=progress,
+        convention=convention,
+        common_noise=NOISE_SEED,
+        tail_fraction=TAIL_FRACTION,
     )
     log_px = particle_logsumexp(terms.observed + terms.latent - terms.guide) - math.log(num_samples)
     statistics = [

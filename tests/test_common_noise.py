@@ -133,3 +133,22 @@ def test_point_mass_guides_need_no_noise():
     x = torch.linspace(-1, 1, 7)
     common = log_likelihood(model, guide, x, num_samples=3, common_noise=1)
     assert torch.equal(common, log_likelihood(model, guide, x, num_samples=3))  # a Delta draws no noise
+
+
+def test_a_plate_inside_the_data_plate_takes_common_noise():
+    """An inner plate's own (subsample) site draws indices, not noise: common noise leaves it be."""
+
+    def model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x, dim=-2):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1, 2), 1.0).to_event(1))
+            with pyro.plate("features", x.shape[-1], dim=-1):
+                pyro.sample("x", dist.Normal(z[..., 0], 0.5), obs=x)
+
+    def guide(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x, dim=-2):
+            pyro.sample("z", dist.Normal(x[..., None, :2], 0.7).to_event(1))
+
+    x = rows(20, seed=4)[:, :3]
+    together = log_likelihood(model, guide, x, num_samples=8, common_noise=1)
+    assert torch.isfinite(together).all()
+    assert torch.equal(log_likelihood(model, guide, x[5:6], num_samples=8, common_noise=1), together[5:6])

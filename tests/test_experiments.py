@@ -153,6 +153,14 @@ def test_image_ood_tabulates_every_pair_of_the_three_sets(tmp_path):
     assert (tmp_path / "typicality.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("held_out", ["0", "1000"])
+def test_image_ood_needs_a_held_out_fraction(held_out):
+    """0 would leave the typicality test nothing to fit; 1000 is the old count, not a fraction."""
+    script = ROOT / "experiments" / "image_ood.py"
+    result = subprocess.run([sys.executable, str(script), "--held-out", held_out], capture_output=True, text=True)
+    assert result.returncode == 2 and f"a fraction in (0, 1) is needed, got {held_out}" in result.stderr
+
+
 def conditional_mnist(tmp_path: Path, *options: str) -> dict[str, str]:
     """conditional_mnist.py on 300 MNIST training images, semi-supervised runs only, tiny networks."""
     data = ROOT.parent / "shared" / "data" / "mnist"

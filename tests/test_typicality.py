@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.models import VAE
-from pyro_vae.scoring import TAIL_FRACTION, log_weight_terms, log_weights
+from pyro_vae.scoring import TAIL_FRACTION, TailError, log_weight_terms, log_weights
 from pyro_vae.typicality import STATISTICS, TypicalityTest, image_statistics, mixture_log_density
 
 PRIOR_SCALE, NOISE = 2.0, 0.5
@@ -58,16 +58,13 @@ def test_each_term_is_its_own_site():
 def test_the_tail_sums_the_worst_fitting_values():
     """With a point-mass guide the tail is the sum of the lowest per-value densities, known exactly."""
 
-    def point_guide(x, y=None, size=None):
-        with pyro.plate("data", size, subsample=x):
-            pyro.sample("z", dist.Delta(0.5 * x, event_dim=1))
-
     def wide_model(x, y=None, size=None):
         with pyro.plate("data", size, subsample=x):
             z = pyro.sample("z", dist.Normal(torch.zeros(8, dtype=x.dtype), PRIOR_SCALE).to_event(1))
             pyro.sample("x", dist.Normal(z, NOISE).to_event(1), obs=x)
 
     x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert log_weight_terms(wide_model, point_guide, x).observed_tail is None, "no tail unless asked"
     per_value = dist.Normal(0.5 * x, NOISE).log_prob(x)
     lowest_two = per_value.sort(-1).values[:, :2].sum(-1)
     for fraction, expected in ((0.25, lowest_two), (0.01, per_value.min(-1).values), (1.0, per_value.sum(-1))):
@@ -78,16 +75,62 @@ def test_the_tail_sums_the_worst_fitting_values():
     assert log_weight_terms(wide_model, point_guide, x, tail_fraction=0.125).tail[2] < -1000
 
 
-def test_values_a_mask_hides_count_nothing_in_the_tail():
+def point_guide(x, y=None, size=None):
+    with pyro.plate("data", size, subsample=x):
+        pyro.sample("z", dist.Delta(0.5 * x, event_dim=1))
+
+
+@pytest.mark.parametrize("how", ["poutine.mask", "Distribution.mask"])
+def test_data_a_mask_hides_have_no_tail(how):
     def masked_model(x, y=None, size=None):
+        keep = torch.arange(len(x)) % 2 == 0
         with pyro.plate("data", size, subsample=x):
             z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), PRIOR_SCALE).to_event(1))
-            with pyro.poutine.mask(mask=torch.arange(len(x)) % 2 == 0):
-                pyro.sample("x", dist.Normal(z, NOISE).to_event(1), obs=x)
+            observation = dist.Normal(z, NOISE).to_event(1)
+            if how == "Distribution.mask":
+                pyro.sample("x", observation.mask(keep), obs=x)
+            else:
+                with pyro.poutine.mask(mask=keep):
+                    pyro.sample("x", observation, obs=x)
 
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    tail = log_weight_terms(masked_model, guide, x, num_samples=4, tail_fraction=0.5).tail
-    assert torch.equal(tail[1::2], torch.zeros(3, dtype=x.dtype)) and (tail[::2] != 0).all()
+    terms = log_weight_terms(masked_model, guide, x, num_samples=4, tail_fraction=1.0)
+    assert torch.equal(terms.tail[1::2], torch.zeros(3, dtype=x.dtype)) and (terms.tail[::2] != 0).all()
+    assert torch.allclose(terms.observed_tail, terms.observed)
+
+
+def test_hidden_values_are_never_the_worst_ones():
+    """Sharp densities are above 1 (log-density > 0): a hidden value counted as 0 would be the
+    lowest of all. Values hidden inside a datum are left out of the tail instead."""
+    shown = torch.tensor([True, False, True, False, True, False, True, False])
+
+    def sharp_model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(8, dtype=x.dtype), PRIOR_SCALE).to_event(1))
+            pyro.sample("x", dist.Normal(2 * z, 0.01).mask(shown).to_event(1), obs=x)
+
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    value = dist.Normal(torch.tensor(0.0, dtype=x.dtype), 0.01).log_prob(torch.tensor(0.0, dtype=x.dtype))
+    assert value > 0
+    one = log_weight_terms(sharp_model, point_guide, x, tail_fraction=0.125).tail  # one value of 8
+    assert torch.allclose(one, value.expand(3))
+    every = log_weight_terms(sharp_model, point_guide, x, tail_fraction=1.0).tail  # the 4 shown, the rest 0
+    assert torch.allclose(every, 4 * value.expand(3))
+
+
+def test_the_tail_is_the_observed_data_alone_and_univariate_transforms_keep_their_jacobian():
+    def labelled_model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), PRIOR_SCALE).to_event(1))
+            pyro.sample("y", dist.Categorical(logits=torch.zeros(3, dtype=x.dtype)), obs=y)
+            pyro.sample("x", dist.LogNormal(z, NOISE).to_event(1), obs=x)
+
+    x = torch.rand(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5
+    y = torch.tensor([0, 1, 2, 1, 0])
+    terms = log_weight_terms(labelled_model, point_guide, x, y, tail_fraction=1.0)
+    label = math.log(1 / 3)
+    assert torch.allclose(terms.observed - label, dist.LogNormal(0.5 * x, NOISE).log_prob(x).sum(-1).expand(1, 5))
+    assert torch.allclose(terms.observed_tail, terms.observed - label), "the label is not one of the data's values"
 
 
 def test_a_tail_needs_independent_values():
@@ -96,9 +139,20 @@ def test_a_tail_needs_independent_values():
             z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), PRIOR_SCALE).to_event(1))
             pyro.sample("x", dist.MultivariateNormal(z, NOISE**2 * torch.eye(2, dtype=x.dtype)), obs=x)
 
+    def transformed_model(x, y=None, size=None):
+        with pyro.plate("data", size, subsample=x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), PRIOR_SCALE).to_event(1))
+            joint = dist.TransformedDistribution(dist.Normal(z, NOISE).to_event(1), [dist.transforms.ExpTransform()])
+            pyro.sample("x", joint, obs=x)
+
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"observed site 'x' has a MultivariateNormal.*independent values"):
-        log_weight_terms(joint_model, guide, x)
+    with pytest.raises(TailError, match=r"observed site 'x' has a MultivariateNormal.*independent values"):
+        log_weight_terms(joint_model, guide, x, tail_fraction=TAIL_FRACTION)
+    with pytest.raises(TailError, match="TransformedDistribution over values shaped"):
+        log_weight_terms(transformed_model, guide, x.exp(), tail_fraction=TAIL_FRACTION)
+    assert log_weight_terms(joint_model, guide, x).rate.shape == (4,), "without a tail, any observed site"
+    with pytest.raises(ValueError, match="no tail: pass log_weight_terms a tail_fraction"):
+        _ = log_weight_terms(joint_model, guide, x).tail
     with pytest.raises(ValueError, match="tail_fraction must be in"):
         log_weight_terms(model, guide, x, tail_fraction=0.0)
 
@@ -127,7 +181,7 @@ def test_statistics_are_log_likelihood_rate_complexity_and_tail(fitted, digits):
     assert statistics.shape == (20, len(STATISTICS)) and np.isfinite(statistics).all()
     assert (statistics[:, 1] > 0).all(), "a KL divergence estimate of a Normal guide against a Normal prior"
     assert (statistics[:, 2] > 0).all(), "a PNG length"
-    terms = log_weight_terms(vae, encoder, x, num_samples=8, common_noise=0)
+    terms = log_weight_terms(vae, encoder, x, num_samples=8, common_noise=0, tail_fraction=TAIL_FRACTION)
     assert np.array_equal(statistics[:, 3], terms.tail.double().numpy())
     pixels = x[0].numel()
     worst = math.ceil(TAIL_FRACTION * pixels)  # the lowest values, so their mean is at most the mean of all
