@@ -33,7 +33,7 @@ from pyro.infer import Trace_ELBO
 
 from pyro_vae.latent import posterior
 from pyro_vae.progress import progress_bar
-from pyro_vae.scoring import elbo
+from pyro_vae.scoring import chunk_shape, elbo
 
 CORRECTIONS = ("none", "complexity", "regret")
 
@@ -99,6 +99,9 @@ def likelihood_regret(
     the fit takes ``steps`` Adam steps (learning rate ``lr``, cosine-annealed to zero) on every
     datum's location and log-scale, started at the amortized guide's. Large regret means novel."""
     regrets = []
+    # A block of rows is scored in one chunk, so that the fitted parameters line up with its rows
+    # (scoring splits larger blocks, and the fitted guide would give the next chunk the first rows').
+    batch_size = min(batch_size, chunk_shape(x, num_samples)[1])
     bar = progress_bar(total=x.shape[0], desc=f"likelihood regret ({steps} steps)", unit="datum", show=progress)
     with bar:
         for start in range(0, x.shape[0], batch_size):
@@ -118,7 +121,6 @@ def likelihood_regret(
                 optimizer.step()
                 schedule.step()
             amortized = elbo(model, guide, x_rows, y_rows, num_samples=num_samples)
-            # One chunk holding every row, so that the fitted parameters line up with the data.
             one_chunk = num_samples * x_rows.shape[0]
             refitted = elbo(model, fitted, x_rows, y_rows, num_samples=num_samples, max_batch=one_chunk)
             regrets.append(refitted - amortized)

@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from pyro_vae import scoring
 from pyro_vae.ood import complexity_corrected, compressed_bits, likelihood_regret
 
 W = torch.tensor([[1.5], [-0.5], [0.8]], dtype=torch.float64)  # 3-D data, 1-D latent
@@ -84,3 +85,12 @@ def test_complexity_correction_adds_the_length_in_nats():
     log_px = torch.tensor([-10.0, -20.0, -30.0])
     corrected = complexity_corrected(log_px, images)
     assert np.allclose(corrected - log_px.numpy(), math.log(2) * compressed_bits(images))
+
+
+def test_every_row_is_scored_with_its_own_fitted_guide_when_scoring_splits_the_rows(monkeypatch):
+    """Scoring splits a block into chunks of at most CPU_CHUNK_BYTES of copies of x: the regret's
+    blocks must fit one chunk, or the fitted guide hands a later chunk the first rows' parameters."""
+    monkeypatch.setattr(scoring, "CPU_CHUNK_BYTES", 3 * 8 * 16 * 10)  # 10 rows of 16 particles per chunk
+    x = data(60)
+    exact = likelihood_regret(model, exact_guide, x, steps=50, num_samples=16, batch_size=1000)
+    assert exact.abs().max().item() < 1.0, "a row scored with another row's fitted q loses far more"
