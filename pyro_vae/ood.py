@@ -73,7 +73,7 @@ def _normal_site(
 
 def _fitted_guide(name: str, loc: torch.Tensor, log_scale: torch.Tensor, event_dims: int) -> Callable:
     """q(z | x) with free parameters per datum, for the rows the parameters were fitted to (or
-    their first rows: scoring traces ``x[:2]`` once to learn the plate structure)."""
+    their first rows: scoring traces the first rows once to learn the plate structure)."""
 
     def guide(x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         rows = x.shape[0]

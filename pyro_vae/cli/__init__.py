@@ -411,7 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--contamination", type=CONTAMINATION, default=0.01, help="runs: fraction of training data above the threshold"
     )
     score.add_argument(
-        "--reference-size", type=POSITIVE_INTEGER, default=1000, help="runs: training data scored as the reference"
+        "--reference-size",
+        type=POSITIVE_INTEGER,
+        default=1000,
+        help="runs: training data scored as the reference; for the typicality test, the held-out images it is "
+        "fitted to (at most)",
     )
     score.add_argument(
         "--correction",
