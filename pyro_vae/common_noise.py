@@ -20,11 +20,10 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
-from torch.distributions import Independent, TransformedDistribution
+from torch.distributions import TransformedDistribution
 
+from pyro_vae.distributions import VALUE_WRAPPERS
 from pyro_vae.program import data_frame
-
-_WRAPPERS = (Independent, dist.MaskedDistribution, dist.torch_distribution.ExpandedDistribution)
 
 
 class CommonNoiseError(ValueError):
@@ -33,7 +32,7 @@ class CommonNoiseError(ValueError):
 
 def _value(fn: torch.distributions.Distribution, noise: torch.Tensor) -> torch.Tensor:
     """The draw of ``fn`` whose standard noise is ``noise`` (broadcast against its parameters)."""
-    if isinstance(fn, _WRAPPERS):
+    if isinstance(fn, VALUE_WRAPPERS):
         return _value(fn.base_dist, noise)
     if isinstance(fn, TransformedDistribution):
         value = _value(fn.base_dist, noise)
@@ -86,7 +85,7 @@ class CommonNoise(Messenger):
 
 def _dtype_device(fn: torch.distributions.Distribution) -> tuple[torch.dtype, torch.device]:
     """The dtype and device of ``fn``'s draws, read off its location."""
-    while isinstance(fn, (*_WRAPPERS, TransformedDistribution)):
+    while isinstance(fn, (*VALUE_WRAPPERS, TransformedDistribution)):
         fn = fn.base_dist
     location = fn.v if isinstance(fn, dist.Delta) else fn.mean
     return location.dtype, location.device

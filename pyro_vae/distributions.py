@@ -318,6 +318,12 @@ class DiagonalNormalMixture(dist.TorchDistribution):
         return self.loc.mean(0).expand(self.batch_shape + self.event_shape)
 
 
+#: wrappers that leave each value's distribution their base's (``.to_event``, ``.mask``, ``.expand``)
+VALUE_WRAPPERS = (
+    torch.distributions.Independent,
+    dist.MaskedDistribution,
+    dist.torch_distribution.ExpandedDistribution,
+)
 MEAN_DRAWS = 256  # draws averaged for a distribution without a closed-form mean (a normalizing flow)
 
 

@@ -52,7 +52,7 @@ from pyro.util import check_site_shape
 from pyro_vae.adaptive_k import MIN_FIRST_SAMPLES, RunningEstimate, open_rows
 from pyro_vae.common_noise import CommonNoise, CommonNoiseError
 from pyro_vae.convention import Convention
-from pyro_vae.distributions import mean_of
+from pyro_vae.distributions import VALUE_WRAPPERS, mean_of
 from pyro_vae.program import Inspection, data_frame, inspect_pair, trace_pair
 from pyro_vae.progress import progress_bar
 from pyro_vae.validation import check_data
@@ -63,12 +63,6 @@ FIXED_SAMPLES = 1000  # log_likelihood's K
 ADAPTIVE_FIRST_SAMPLES, ADAPTIVE_MAX_SAMPLES = 100, 5000  # with a tolerance: the first round's K, and the most
 OBSERVED, LATENT, GUIDE, OBSERVED_TAIL = range(4)  # the terms of a log weight, and the tail (WeightTerms)
 TAIL_FRACTION = 0.02  # the share of the observed data's values that make its tail (log_weight_terms)
-#: the wrappers a factorizing observed distribution may wear (.to_event, .expand, .mask)
-FACTORIZING_WRAPPERS = (
-    torch.distributions.Independent,
-    dist.torch_distribution.ExpandedDistribution,
-    dist.MaskedDistribution,
-)
 INSPECTED_ROWS = 128  # the rows a scoring call traces to inspect the pair
 PARTICLE_PLATE = "_num_particles_vectorized"
 
@@ -91,16 +85,10 @@ def value_log_densities(site: dict, particle_dim: int, data_dim: int, shape: tup
     distribution's ``Independent``, expansion and mask wrappers taken off down to a univariate one.
     Values a mask hides are ``+inf``, never among the lowest (:func:`lowest_sum` counts them 0)."""
     fn, event_dims = site["fn"], len(site["fn"].event_shape)
-    hidden = torch.zeros((), dtype=torch.bool)
-    if isinstance(site["mask"], torch.Tensor):
-        hidden = ~site["mask"].reshape(site["mask"].shape + (1,) * event_dims)
-    elif site["mask"] is False:
-        hidden = torch.ones((), dtype=torch.bool)
-    while isinstance(fn, FACTORIZING_WRAPPERS):
-        if isinstance(fn, dist.MaskedDistribution) and isinstance(fn._mask, torch.Tensor):
-            hidden = hidden | ~fn._mask.reshape(fn._mask.shape + (1,) * len(fn.event_shape))
-        elif isinstance(fn, dist.MaskedDistribution) and fn._mask is False:
-            hidden = torch.ones((), dtype=torch.bool)
+    hidden = _hidden(site["mask"], event_dims)
+    while isinstance(fn, VALUE_WRAPPERS):
+        if isinstance(fn, dist.MaskedDistribution):
+            hidden = hidden | _hidden(fn._mask, len(fn.event_shape))
         fn = fn.base_dist
     if fn.event_shape:
         raise TailError(
@@ -115,6 +103,14 @@ def value_log_densities(site: dict, particle_dim: int, data_dim: int, shape: tup
     other = [d for d in range(log_prob.dim()) if d not in (particle, data)]
     log_prob = log_prob.permute(particle, data, *other)
     return log_prob.expand(*shape, *log_prob.shape[2:]).reshape(*shape, -1)
+
+
+def _hidden(mask: torch.Tensor | bool | None, event_dims: int) -> torch.Tensor:
+    """Which values a site's or a distribution's mask hides, broadcastable against its batch and
+    ``event_dims`` event dimensions (a mask covers only the batch)."""
+    if isinstance(mask, torch.Tensor):
+        return ~mask.reshape(mask.shape + (1,) * event_dims)
+    return torch.tensor(mask is False)
 
 
 def lowest_sum(values: torch.Tensor, fraction: float) -> torch.Tensor:
