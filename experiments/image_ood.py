@@ -51,6 +51,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import pyro_vae
+from pyro_vae.cli.options import Bounded
 from pyro_vae.data import load_dataset
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.models import VAE
@@ -58,6 +59,7 @@ from pyro_vae.ood import likelihood_regret
 from pyro_vae.training import split_data
 from pyro_vae.typicality import TypicalityTest
 
+HELD_OUT = Bounded(0, 1, open_low=True, open_high=True)  # the typicality test needs some held-out images
 SETS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "omniglot": "Omniglot"}
 METHODS = {
     "is": "IS log p(x)",
@@ -70,14 +72,6 @@ GENERIC = {"noise": "uniform noise", "constant": "constant grey", "inverted": "o
 
 def _subset(x: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     return x if size >= len(x) else x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:size]]
-
-
-def open_fraction(text: str) -> float:
-    """``--held-out``: a fraction strictly between 0 and 1 (the typicality test needs held-out images)."""
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"a fraction in (0, 1) is needed, got {text}")
-    return value
 
 
 def generic_sets(test: torch.Tensor, size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -170,7 +164,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--min-steps", type=int, default=3600, help="train small sets for at least this many steps")
     parser.add_argument(
-        "--held-out", type=open_fraction, default=0.1, help="fraction of the training set held out, as --validation"
+        "--held-out", type=HELD_OUT, default=0.1, help="fraction of the training set held out, as --validation"
     )
     parser.add_argument(
         "--reference-size", type=int, default=1000, help="held-out images the typicality test is fitted to (at most)"
