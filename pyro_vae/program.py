@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -439,6 +440,52 @@ def check_amortized(guide: Callable, model_has_local_latents: bool) -> None:
         )
 
 
+def owning_modules(*programs: Callable) -> list[nn.Module]:
+    """The ``nn.Module`` behind each program: the program itself, or the object of a bound method
+    (``vae.model``), seen through :func:`~pyro_vae.program.bind` and Pyro's handlers."""
+    modules: list[nn.Module] = []
+    for program in programs:
+        target = unwrap(program.program if isinstance(program, Bound) else program)
+        owner = target if isinstance(target, nn.Module) else getattr(target, "__self__", None)
+        if isinstance(owner, nn.Module) and all(owner is not module for module in modules):
+            modules.append(owner)
+    return modules
+
+
+DTYPE_ERROR = re.compile(r"dtype|scalar type|input type", re.IGNORECASE)
+DTYPE_NAMES = {"double": torch.float64, "float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _program_dtype(model: Bound, guide: Bound, message: str, data_dtype: torch.dtype) -> torch.dtype | None:
+    """The floating-point dtype the pair computes in: its modules' parameters', or else the other
+    dtype torch's error names."""
+    dtypes = {
+        parameter.dtype
+        for module in owning_modules(model, guide)
+        for parameter in module.parameters()
+        if parameter.is_floating_point() and parameter.dtype != data_dtype
+    }
+    if len(dtypes) == 1:
+        return dtypes.pop()
+    named = [DTYPE_NAMES[word] for word in re.findall(r"[a-z0-9]+", message.lower()) if word in DTYPE_NAMES]
+    return next((dtype for dtype in named if dtype != data_dtype), None)
+
+
+def _dtype_message(data_dtype: torch.dtype, dtype: torch.dtype | None, error: str) -> str:
+    computes_in = dtype or "another floating-point dtype"
+    to_data = _conversion("x", dtype) if dtype is not None else "x.float() for float32 networks"
+    return (
+        f"the data are {data_dtype} but the model or guide computes in {computes_in} ({error}); convert the "
+        f"data with {to_data}, or the networks to the data's dtype with {_conversion('model', data_dtype)} and "
+        f"{_conversion('guide', data_dtype)}"
+    )
+
+
+def _conversion(name: str, dtype: torch.dtype) -> str:
+    method = {torch.float32: "float", torch.float64: "double", torch.float16: "half"}.get(dtype)
+    return f"{name}.{method}()" if method else f"{name}.to({dtype})"
+
+
 def inspect_pair(
     model: Callable,
     guide: Callable,
@@ -452,14 +499,22 @@ def inspect_pair(
 
     The draws come from a fork of torch's random state: the caller's random stream is left as it
     was. Entries of Pyro's parameter store that belong to a previous program with the same names
-    are replaced by the pair's own tensors.
+    are replaced by the pair's own tensors. Data of one floating-point dtype and networks of
+    another (float64 from NumPy, float32 networks) fail inside the program, in the first layer:
+    that error is raised as a :class:`TypeError` naming both dtypes and the fix.
     """
     convention = convention or DEFAULT
     model, guide = bind(model, convention.data_plate), bind(guide, convention.data_plate)
     size = x.shape[0] if size is None else size
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        model_trace, guide_trace, params = _traces_owning_parameters(model, guide, x, y, size)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            model_trace, guide_trace, params = _traces_owning_parameters(model, guide, x, y, size)
+    except RuntimeError as error:  # data of one floating-point dtype, networks of another
+        message = str(error).split("\n", 1)[0]
+        if not DTYPE_ERROR.search(message):
+            raise
+        raise TypeError(_dtype_message(x.dtype, _program_dtype(model, guide, message, x.dtype), message)) from error
     observed = observed_site(model_trace, convention)
     if data_frame(model_trace.nodes[observed], convention.data_plate) is None:
         plates = sorted({f.name for f in model_trace.nodes[observed]["cond_indep_stack"]})

@@ -13,7 +13,6 @@ import copy
 import csv
 import dataclasses
 import math
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,8 +23,6 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
-from pyro.poutine.messenger import unwrap
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_vae import distributed as parallel
@@ -36,7 +33,7 @@ from pyro_vae.free_bits import FreeBitsELBO, check_floorable
 from pyro_vae.importance_weighted import DoublyReparameterizedELBO, ImportanceWeightedELBO
 from pyro_vae.kl_weight import KLWeightMessenger, kl_weighted, linear_warmup
 from pyro_vae.optim import JointOptim, make_optimizer
-from pyro_vae.program import Bound, Inspection, bind, inspect_pair, latent_sites
+from pyro_vae.program import Inspection, bind, inspect_pair, latent_sites, owning_modules
 from pyro_vae.progress import progress_bar
 from pyro_vae.resume import TrainingState, rng_state, set_rng_state
 from pyro_vae.scoring import DEFAULT_MAX_BATCH, INSPECTED_ROWS, _Scorer, particle_logsumexp
@@ -265,65 +262,6 @@ def _checked(data: Data, name: str, model: Callable) -> tuple[torch.Tensor, torc
     if hasattr(model, "validate"):
         model.validate(x, y)
     return x, y
-
-
-def _owning_modules(*programs: Callable) -> list[nn.Module]:
-    """The ``nn.Module`` behind each program: the program itself, or the object of a bound method
-    (``vae.model``), seen through :func:`~pyro_vae.program.bind` and Pyro's handlers."""
-    modules: list[nn.Module] = []
-    for program in programs:
-        target = unwrap(program.program if isinstance(program, Bound) else program)
-        owner = target if isinstance(target, nn.Module) else getattr(target, "__self__", None)
-        if isinstance(owner, nn.Module) and all(owner is not module for module in modules):
-            modules.append(owner)
-    return modules
-
-
-DTYPE_ERROR = re.compile(r"dtype|scalar type|input type", re.IGNORECASE)
-DTYPE_NAMES = {"double": torch.float64, "float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _inspect(model: Bound, guide: Bound, x: torch.Tensor, y, size: int, convention: Convention) -> Inspection:
-    """:func:`~pyro_vae.program.inspect_pair` on the first batch. Data of one floating-point dtype
-    and networks of another (float64 from NumPy, float32 networks) fail inside the program, in the
-    first layer: that error is raised as a :class:`TypeError` naming both dtypes and the fix."""
-    try:
-        return inspect_pair(model, guide, x, y, size, convention)
-    except RuntimeError as error:
-        message = str(error).split("\n", 1)[0]
-        if not DTYPE_ERROR.search(message):
-            raise
-        raise TypeError(_dtype_message(x.dtype, _program_dtype(model, guide, message, x.dtype), message)) from error
-
-
-def _program_dtype(model: Bound, guide: Bound, message: str, data_dtype: torch.dtype) -> torch.dtype | None:
-    """The floating-point dtype the pair computes in: its modules' parameters', or else the other
-    dtype torch's error names."""
-    dtypes = {
-        parameter.dtype
-        for module in _owning_modules(model, guide)
-        for parameter in module.parameters()
-        if parameter.is_floating_point() and parameter.dtype != data_dtype
-    }
-    if len(dtypes) == 1:
-        return dtypes.pop()
-    named = [DTYPE_NAMES[word] for word in re.findall(r"[a-z0-9]+", message.lower()) if word in DTYPE_NAMES]
-    return next((dtype for dtype in named if dtype != data_dtype), None)
-
-
-def _dtype_message(data_dtype: torch.dtype, dtype: torch.dtype | None, error: str) -> str:
-    computes_in = dtype or "another floating-point dtype"
-    to_data = _conversion("x", dtype) if dtype is not None else "x.float() for float32 networks"
-    return (
-        f"the data are {data_dtype} but the model or guide computes in {computes_in} ({error}); convert the "
-        f"data with {to_data}, or the networks to the data's dtype with {_conversion('model', data_dtype)} and "
-        f"{_conversion('guide', data_dtype)}"
-    )
-
-
-def _conversion(name: str, dtype: torch.dtype) -> str:
-    method = {torch.float32: "float", torch.float64: "double", torch.float16: "half"}.get(dtype)
-    return f"{name}.{method}()" if method else f"{name}.to({dtype})"
 
 
 def _first_batch(data: Data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -661,7 +599,7 @@ class _Run:
         device = resolve_device(options.device)
         if options.distributed:
             device = _start_distributed(data, device, options.loss, options.batch_size, options.seed)
-        for module in _owning_modules(model, guide):
+        for module in owning_modules(model, guide):
             module.to(device)
         seed = _run_seed(options)
         train_data, val_data = split_data(data, options.validation, seed)
@@ -678,7 +616,7 @@ class _Run:
             first_x = options.transform(first_x)
         if options.label_batches == "pure" and first_y is not None and missing_labels(first_y).any():
             first_y = None
-        inspection = _inspect(model, guide, first_x, first_y, size, convention)
+        inspection = inspect_pair(model, guide, first_x, first_y, size, convention)
         if not isinstance(train_data, Dataset) and options.transform is None:
             inspection.check_support(_unpack(train_data)[0])
         kl_handler = KLWeightMessenger(linear_warmup(0.0, options.beta, options.warmup_epochs))

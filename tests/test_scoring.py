@@ -20,6 +20,7 @@ import pyro_vae
 from pyro_vae.convention import Convention
 from pyro_vae.diagnostics import importance_scores
 from pyro_vae.guides import AmortizedNormal
+from pyro_vae.models import VAE
 from pyro_vae.scoring import CPU_CHUNK_BYTES, chunk_shape, iter_log_weights, log_weights
 from tests.conftest import DEVICES
 
@@ -247,3 +248,13 @@ def test_scores_check_the_data_as_fit_does(ppca, x, error, message):
             score(ppca.model, ppca.exact_guide, x)
     with pytest.raises(error, match=message):
         next(iter_log_weights(ppca.model, ppca.exact_guide, x))
+
+
+def test_scores_name_data_of_another_dtype_than_the_networks_as_fit_does():
+    """float64 data (from NumPy, say) for float32 networks fail in the first layer: the scores say
+    so, with the fix, as fit does, not with torch's matrix-product error and a trace dump."""
+    model, guide = VAE.build((DATA_DIM,), 2, (8,), "mlp", "gaussian"), AmortizedNormal.build((DATA_DIM,), 2, (8,))
+    x = torch.zeros(3, DATA_DIM, dtype=torch.float64)
+    for score in (pyro_vae.elbo, pyro_vae.log_likelihood, log_weights, importance_scores):
+        with pytest.raises(TypeError, match=r"float64 but the model or guide computes in torch.float32.*x\.float\(\)"):
+            score(model, guide, x)
